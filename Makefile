@@ -1,0 +1,30 @@
+# Entry points: `make demo` (the main job on a corpus it synthesizes), `make test`, `make bench`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[dev,cpu]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) jobs/demo.py --workdir demo_run
+
+bench: setup
+	$(PY) bench/preprocess.py --output bench_results
+	$(PY) bench/loader.py --output bench_results
+	$(PY) bench/model.py --output bench_results
+
+clean:
+	rm -rf demo_run bench_results .pytest_cache

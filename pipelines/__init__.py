@@ -1,0 +1,1 @@
+"""Ray Data pipelines built from small read -> map -> write stages."""
