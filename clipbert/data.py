@@ -196,7 +196,9 @@ def _parse_mc(obj: Mapping[str, Any], fmt: AnnotationFormat) -> tuple[list[str],
     return texts, answer, "", options[answer]
 
 
-def _parse_qa(obj: Mapping[str, Any], fmt: AnnotationFormat, ans2label: Mapping[str, int] | None) -> tuple[list[str], int, str, str]:
+def _parse_qa(
+    obj: Mapping[str, Any], fmt: AnnotationFormat, ans2label: Mapping[str, int] | None
+) -> tuple[list[str], int, str, str]:
     question = _field(obj, fmt.question_key or "question", str, "a string")
     answer = _field(obj, "answer", str, "a string")
     answer_type = _field(obj, "answer_type", str, "a string") if "answer_type" in obj else ""
@@ -204,7 +206,9 @@ def _parse_qa(obj: Mapping[str, Any], fmt: AnnotationFormat, ans2label: Mapping[
     return [question], label, answer_type, answer
 
 
-def _parse_line(text: str, fmt: AnnotationFormat, ans2label: Mapping[str, int] | None) -> tuple[str, list[str], int, str, str]:
+def _parse_line(
+    text: str, fmt: AnnotationFormat, ans2label: Mapping[str, int] | None
+) -> tuple[str, list[str], int, str, str]:
     """Parse one jsonl line into (video_id, texts, label, answer_type, answer); raises _LineError."""
     try:
         obj = json.loads(text)
@@ -285,7 +289,8 @@ def load_annotations(
         if known_video_ids is not None and video_id not in known_video_ids:
             report.add_problem(line_no, "unknown_video", f"video id {video_id!r} is not in the frame store")
             continue
-        rows.append(Row(example_id=len(rows), video_id=video_id, texts=texts, label=label, answer_type=answer_type, answer=answer))
+        rows.append(Row(example_id=len(rows), video_id=video_id, texts=texts, label=label,
+                        answer_type=answer_type, answer=answer))
     report.num_rows = len(rows)
     _log_report(report)
     return rows, report

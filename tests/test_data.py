@@ -20,12 +20,14 @@ def write_jsonl(path: Path, items: list) -> Path:
 
 FORMAT_CASES = [
     # (task, line, expected video_id, texts, label, answer_type, answer)
-    ("msrvtt_ret", {"clip_name": "video1", "caption": "a dog runs", "sen_id": 3}, "video1", ["a dog runs"], 1, "", ""),
+    ("msrvtt_ret", {"clip_name": "video1", "caption": "a dog runs", "sen_id": 3},
+     "video1", ["a dog runs"], 1, "", ""),
     ("didemo_ret", {"clip_name": "v_d", "caption": "first. second."}, "v_d", ["first. second."], 1, "", ""),
     ("anet_ret", {"clip_name": "v_a", "caption": ["one.", "two."]}, "v_a", ["one. two."], 1, "", ""),
     ("msrvtt_qa", {"video_id": "video7", "question": "what is it?", "answer": "dog", "answer_type": "what"},
      "video7", ["what is it?"], 0, "what", "dog"),
-    ("msrvtt_mc", {"qid": 4, "clip_name": "video9", "options": OPTS, "answer": 2}, "video9", OPTS, 2, "", "a man sings"),
+    ("msrvtt_mc", {"qid": 4, "clip_name": "video9", "options": OPTS, "answer": 2},
+     "video9", OPTS, 2, "", "a man sings"),
     ("tgif_qa_action", {"gif_name": "tumblr_x", "question": "what does he do?", "options": OPTS, "answer": 4},
      "tumblr_x", [f"what does he do? {o}" for o in OPTS], 4, "", "a bird flies"),
     ("tgif_qa_transition", {"gif_name": "tumblr_y", "question": "then?", "options": OPTS, "answer": 0},
