@@ -1,0 +1,301 @@
+"""Frame store format and reader: JPEG frames in LMDB shards plus a Parquet manifest, shared by pipelines/ and clipbert/.
+
+Layout of a store directory::
+
+    store.json                  header: format version and the preprocessing options
+    manifest.parquet            one row per input video (MANIFEST_SCHEMA)
+    shards/<name>/data.mdb      one LMDB environment per write task
+    shards/<name>/rows.parquet  that shard's manifest rows, written after its LMDB commit (marks it complete)
+
+Inside a shard, frame ``i`` of ``video_id`` is the JPEG (4:2:0, RGB) under ``frame_key(video_id, i)``.
+Frames are decoded, resized (longer side <= ``max_side``, never upscaled) and subsampled to a stored frame rate
+(``min(fps, source fps)``) once, so sparse training reads only the frames it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import lmdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import simplejpeg
+
+FORMAT_VERSION = 1
+HEADER_FILE = "store.json"
+MANIFEST_FILE = "manifest.parquet"
+SHARDS_DIR = "shards"
+PART_FILE = "rows.parquet"
+MAX_KEY_BYTES = 500  # LMDB's key limit is 511 bytes; the frame suffix takes 7
+MAP_SIZE = 1 << 40  # virtual: LMDB only reserves address space
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),  # path relative to the input root, without extension
+        ("source", pa.string()),  # input path or URI
+        ("status", pa.string()),  # "ok" | "failed"
+        ("error", pa.string()),  # failure reason; on ok rows a warning (e.g. truncated file) or ""
+        ("num_frames", pa.int32()),  # stored frames
+        ("fps", pa.float32()),  # stored frame rate (frames per second)
+        ("src_fps", pa.float32()),  # source frame rate
+        ("duration_s", pa.float32()),  # stored duration: num_frames / fps
+        ("width", pa.int32()),  # stored frame width (pixels)
+        ("height", pa.int32()),  # stored frame height (pixels)
+        ("src_width", pa.int32()),  # source frame width (pixels)
+        ("src_height", pa.int32()),  # source frame height (pixels)
+        ("src_frames", pa.int32()),  # source frames decoded
+        ("bytes", pa.int64()),  # JPEG bytes stored for this video
+        ("shard", pa.string()),  # shard directory name under shards/
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """Preprocessing options recorded in the store header."""
+
+    fps: float = 4.0  # stored frames per second (upper bound; low-fps sources keep their rate)
+    max_side: int = 448  # longer side of stored frames in pixels (never upscaled)
+    jpeg_quality: int = 90  # libjpeg quality of stored frames, 4:2:0 chroma
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.max_side < 16:
+            raise ValueError(f"max_side must be >= 16 pixels, got {self.max_side}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+
+def frame_key(video_id: str, index: int) -> bytes:
+    """LMDB key of stored frame ``index`` of ``video_id``."""
+    return f"{video_id}#{index:06d}".encode()
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """Encode one uint8 RGB frame (H, W, 3) as a 4:2:0 JPEG."""
+    return simplejpeg.encode_jpeg(
+        np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling="420"
+    )
+
+
+def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
+    """Decode a JPEG to uint8 RGB (H, W, 3).
+
+    Args:
+        data: JPEG bytes.
+        min_side: when > 0, libjpeg may decode at a reduced scale (1/2, 1/4, 1/8) as long as the longer
+            side stays >= min_side; much cheaper when the model's input is smaller than the stored frame.
+    """
+    if min_side <= 0:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    h, w = simplejpeg.decode_jpeg_header(data)[:2]
+    scale = min(1.0, min_side / max(h, w))
+    return simplejpeg.decode_jpeg(
+        data, colorspace="RGB", min_height=int(np.ceil(h * scale)), min_width=int(np.ceil(w * scale))
+    )
+
+
+def write_header(root: str | Path, options: StoreOptions) -> None:
+    """Write the store header (format version and options)."""
+    header = {"format_version": FORMAT_VERSION, **dataclasses.asdict(options)}
+    _atomic_write_bytes(Path(root) / HEADER_FILE, json.dumps(header, indent=2).encode())
+
+
+def read_header(root: str | Path) -> dict:
+    """Read the store header; raises FileNotFoundError naming the store when there is none."""
+    path = Path(root) / HEADER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"not a frame store (no {HEADER_FILE}): {root}")
+    header = json.loads(path.read_text())
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {header.get('format_version')}, expected {FORMAT_VERSION}")
+    return header
+
+
+class ShardWriter:
+    """Writes one LMDB shard: frames of several videos, then its manifest rows (which mark it complete)."""
+
+    def __init__(self, shard_dir: str | Path):
+        self.dir = Path(shard_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(self.dir), map_size=MAP_SIZE, subdir=True, sync=True, metasync=True)
+
+    def put_video(self, video_id: str, jpegs: Sequence[bytes]) -> None:
+        """Store all frames of one video in one transaction."""
+        with self._env.begin(write=True) as txn:
+            for i, data in enumerate(jpegs):
+                txn.put(frame_key(video_id, i), data)
+
+    def finish(self, rows: pa.Table) -> None:
+        """Flush the LMDB environment, then write the shard's manifest rows atomically."""
+        self._env.sync(True)
+        self._env.close()
+        buf = pa.BufferOutputStream()
+        pq.write_table(rows.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), buf)
+        _atomic_write_bytes(self.dir / PART_FILE, buf.getvalue().to_pybytes())
+
+
+def shard_dirs(root: str | Path) -> list[Path]:
+    """All shard directories of a store, complete or not, sorted by name."""
+    shards = Path(root) / SHARDS_DIR
+    return sorted(p for p in shards.iterdir() if p.is_dir()) if shards.exists() else []
+
+
+def remove_incomplete_shards(root: str | Path) -> list[str]:
+    """Delete shards whose manifest rows were never written (their write task died); return their names."""
+    removed = []
+    for shard in shard_dirs(root):
+        if not (shard / PART_FILE).exists():
+            shutil.rmtree(shard)
+            removed.append(shard.name)
+    return removed
+
+
+def read_shard_rows(root: str | Path) -> pa.Table:
+    """Manifest rows of every complete shard, sorted by video_id."""
+    parts = [pq.read_table(s / PART_FILE) for s in shard_dirs(root) if (s / PART_FILE).exists()]
+    table = pa.concat_tables(parts) if parts else MANIFEST_SCHEMA.empty_table()
+    return table.sort_by("video_id")
+
+
+def write_manifest(root: str | Path, rows: pa.Table) -> None:
+    """Write manifest.parquet atomically (rows sorted by video_id)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(rows.cast(MANIFEST_SCHEMA).sort_by("video_id"), buf)
+    _atomic_write_bytes(Path(root) / MANIFEST_FILE, buf.getvalue().to_pybytes())
+
+
+def read_manifest(root: str | Path) -> pa.Table:
+    """Read manifest.parquet; FileNotFoundError names the store when it is missing."""
+    path = Path(root) / MANIFEST_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"frame store has no {MANIFEST_FILE} (unfinished preprocessing?): {root}")
+    return pq.read_table(path)
+
+
+class FrameStore:
+    """Read-only access to a frame store; opened lazily in each process, safe to pickle into Ray tasks.
+
+    Example::
+
+        store = FrameStore("/data/msrvtt_frames")
+        frames = store.get("video2960", [0, 3])  # uint8 (2, H, W, 3) RGB
+    """
+
+    def __init__(self, root: str | Path, max_open_shards: int = 64):
+        self.root = Path(root)
+        self.max_open_shards = max_open_shards
+        self.header = read_header(self.root)
+        self._index: dict[str, tuple[str, int, float]] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root, "max_open_shards": self.max_open_shards, "header": self.header}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._index = None
+
+    @property
+    def index(self) -> dict[str, tuple[str, int, float]]:
+        """video_id -> (shard, num_frames, stored fps) for every ok video."""
+        if self._index is None:
+            manifest = read_manifest(self.root)
+            table = manifest.filter(pc.equal(manifest["status"], "ok"))
+            cols = table.select(["video_id", "shard", "num_frames", "fps"]).to_pydict()
+            self._index = {
+                v: (s, int(n), float(f))
+                for v, s, n, f in zip(cols["video_id"], cols["shard"], cols["num_frames"], cols["fps"])
+            }
+        return self._index
+
+    def ids(self) -> list[str]:
+        """Ids of every successfully stored video, sorted."""
+        return sorted(self.index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self.index
+
+    def _entry(self, video_id: str) -> tuple[str, int, float]:
+        try:
+            return self.index[video_id]
+        except KeyError:
+            raise KeyError(f"video {video_id!r} is not in frame store {self.root} (or failed preprocessing)") from None
+
+    def num_frames(self, video_id: str) -> int:
+        """Number of stored frames of a video."""
+        return self._entry(video_id)[1]
+
+    def fps(self, video_id: str) -> float:
+        """Stored frame rate of a video (frames per second)."""
+        return self._entry(video_id)[2]
+
+    def get_jpeg(self, video_id: str, indices: Sequence[int]) -> list[bytes]:
+        """The stored JPEG bytes of frames ``indices`` of a video."""
+        shard, n, _ = self._entry(video_id)
+        bad = [int(i) for i in indices if not 0 <= int(i) < n]
+        if bad:
+            raise IndexError(f"video {video_id!r} has {n} frames; asked for {bad}")
+        path = str(self.root / SHARDS_DIR / shard)
+        with _SHARDS.lock:
+            with _SHARDS.open(path, self.max_open_shards).begin(buffers=False) as txn:
+                return [txn.get(frame_key(video_id, int(i))) for i in indices]
+
+    def get(self, video_id: str, indices: Sequence[int], min_side: int = 0) -> np.ndarray:
+        """Frames ``indices`` of a video as uint8 RGB ``(T, H, W, 3)``.
+
+        Args:
+            video_id: a stored video id.
+            indices: stored-frame indices (repeats allowed).
+            min_side: see ``decode_jpeg``; 0 decodes at the stored size.
+        """
+        return np.stack([decode_jpeg(b, min_side) for b in self.get_jpeg(video_id, indices)])
+
+
+
+class _OpenShards:
+    """Process-wide LRU of read-only LMDB environments (LMDB allows one handle per file per process)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.envs: OrderedDict[str, lmdb.Environment] = OrderedDict()
+        self.pid = os.getpid()
+
+    def open(self, path: str, max_open: int) -> lmdb.Environment:
+        """The environment at ``path`` (call with ``lock`` held)."""
+        if self.pid != os.getpid():  # handles must not cross a fork
+            self.envs, self.pid = OrderedDict(), os.getpid()
+        env = self.envs.pop(path, None)
+        if env is None:
+            env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
+        self.envs[path] = env
+        while len(self.envs) > max_open:
+            self.envs.popitem(last=False)[1].close()
+        return env
+
+
+_SHARDS = _OpenShards()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

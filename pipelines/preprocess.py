@@ -1,0 +1,314 @@
+"""Ray Data preprocessing pipeline: list videos -> decode/subsample/resize/JPEG -> LMDB frame-store shards + manifest.
+
+Stages (each a small callable): ``list_videos`` (driver) -> ``decode_batch`` (one Ray task per block of videos,
+fused with the write) -> ``FrameStoreSink`` (one LMDB shard per write task; ``on_write_complete`` writes the manifest).
+Resume: shards whose rows were written survive a crash; a re-run deletes unfinished shards, skips every video
+that already has a manifest row and processes the rest, leaving the manifest a single clean run would have written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import glob
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+from ray.data import Datasink
+
+from clipbert import frames as fs
+from clipbert.frames import MANIFEST_SCHEMA, StoreOptions
+from pipelines.decode import DecodeError, decode_video
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .gif .flv .wmv .mpg .mpeg .ts .3gp .ogv".split()
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInput:
+    """One input video: its id (path relative to the input root, no extension) and where to read it."""
+
+    video_id: str
+    source: str
+
+
+@dataclasses.dataclass
+class Listing:
+    """What ``list_videos`` found."""
+
+    inputs: list[VideoInput]
+    ignored: list[str]  # files skipped because their extension is not a video's
+
+
+@dataclasses.dataclass
+class Summary:
+    """End-of-run figures of a preprocessing job."""
+
+    videos_ok: int
+    videos_failed: int
+    videos_skipped: int  # already in the store from an earlier run
+    frames: int  # frames stored by this run
+    src_frames: int  # source frames decoded by this run
+    bytes: int  # JPEG bytes stored by this run
+    seconds: float
+    failures: list[tuple[str, str]]  # (video_id, reason) of this run's failures
+
+    def lines(self) -> list[str]:
+        fps = self.frames / self.seconds if self.seconds else 0.0
+        out = [
+            f"videos: {self.videos_ok} ok, {self.videos_failed} failed, {self.videos_skipped} already done",
+            f"frames stored: {self.frames} ({self.bytes / 1e6:.1f} MB) from {self.src_frames} decoded "
+            f"in {self.seconds:.1f} s: {fps:.0f} stored frames/s, {self.src_frames / max(self.seconds, 1e-9):.0f} "
+            "decoded frames/s",
+        ]
+        out += [f"failed: {vid}: {reason}" for vid, reason in self.failures[:20]]
+        if len(self.failures) > 20:
+            out.append(f"... and {len(self.failures) - 20} more failures (see manifest.parquet)")
+        return out
+
+
+def list_videos(spec: str | Sequence[str]) -> Listing:
+    """Expand a directory, a glob, a list file (one path per line) or a list of paths into video inputs.
+
+    ``video_id`` is the path relative to the input root (the directory, the glob's fixed prefix, or the
+    common parent of listed paths) without extension. Files in a directory or glob whose extension is not
+    a video's are ignored (and reported); listed paths are taken as given, so a missing one becomes a
+    failed manifest row. Two inputs with the same id raise ValueError naming both.
+    """
+    if isinstance(spec, str) and _is_dir(spec):
+        root, paths = spec, _walk(spec)
+    elif isinstance(spec, str) and glob.has_magic(spec):
+        root = _glob_root(spec)
+        paths = [p for p in _walk(root) if fnmatch.fnmatch(p, spec)]
+    elif isinstance(spec, str):
+        if not _exists(spec):
+            raise FileNotFoundError(f"--videos: no such directory, glob match or list file: {spec}")
+        paths = [line.strip() for line in Path(spec).read_text().splitlines()]
+        paths = [p for p in paths if p and not p.startswith("#")]
+        root = _common_root(paths)
+        return Listing(_to_inputs(paths, root), [])
+    else:
+        paths = list(spec)
+        return Listing(_to_inputs(paths, _common_root(paths)), [])
+    videos = [p for p in paths if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS]
+    ignored = sorted(set(paths) - set(videos))
+    return Listing(_to_inputs(videos, root), ignored)
+
+
+def _to_inputs(paths: Iterable[str], root: str) -> list[VideoInput]:
+    by_id: dict[str, str] = {}
+    for path in paths:
+        rel = os.path.relpath(path, root) if root else os.path.basename(path)
+        video_id = os.path.splitext(rel)[0].replace(os.sep, "/")
+        if video_id in by_id:
+            raise ValueError(f"duplicate video_id {video_id!r}: {by_id[video_id]} and {path}")
+        by_id[video_id] = path
+    return [VideoInput(v, p) for v, p in sorted(by_id.items())]
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _is_dir(path: str) -> bool:
+    if glob.has_magic(path):
+        return False
+    fsys, p = _filesystem(path)
+    return fsys.get_file_info(p).type == pafs.FileType.Directory
+
+
+def _exists(path: str) -> bool:
+    fsys, p = _filesystem(path)
+    return fsys.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def _walk(root: str) -> list[str]:
+    fsys, base = _filesystem(root)
+    infos = fsys.get_file_info(pafs.FileSelector(base, recursive=True))
+    prefix = root.rstrip("/") if "://" in root else base
+    files = [i.path for i in infos if i.type == pafs.FileType.File]
+    return sorted(prefix + f[len(base.rstrip("/")):] if "://" in root else f for f in files)
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    root = "/".join(fixed) or "."
+    return root if "://" in root else os.path.abspath(root)
+
+
+def _common_root(paths: Sequence[str]) -> str:
+    local = [os.path.abspath(p) for p in paths if "://" not in p]
+    if not local or len(local) != len(paths):
+        return ""
+    return os.path.commonpath([os.path.dirname(p) for p in local])
+
+
+def read_source(source: str) -> str | bytes:
+    """A local path as is; a remote URI (s3://, gs://, ...) read into memory through pyarrow.fs."""
+    if "://" not in source:
+        return source
+    fsys, path = pafs.FileSystem.from_uri(source)
+    try:
+        with fsys.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, options: dict) -> dict[str, list]:
+    """Ray Data map stage: decode each video of the batch into one row with its JPEG frames (or its failure)."""
+    opts = StoreOptions(**options)
+    rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names if name != "shard"}
+    rows["jpegs"] = []
+    for video_id, source in zip(batch["video_id"], batch["source"]):
+        row = _decode_row(str(video_id), str(source), opts)
+        for name, value in row.items():
+            rows[name].append(value)
+    return rows
+
+
+def _decode_row(video_id: str, source: str, opts: StoreOptions) -> dict[str, Any]:
+    row: dict[str, Any] = {"video_id": video_id, "source": source, "status": "failed", "error": "",
+                           "num_frames": 0, "fps": 0.0, "src_fps": 0.0, "duration_s": 0.0, "width": 0,
+                           "height": 0, "src_width": 0, "src_height": 0, "src_frames": 0, "bytes": 0, "jpegs": []}
+    if len(fs.frame_key(video_id, 0)) > fs.MAX_KEY_BYTES:
+        row["error"] = f"video id longer than {fs.MAX_KEY_BYTES} bytes"
+        return row
+    try:
+        video = decode_video(read_source(source), opts)
+    except DecodeError as e:
+        row["error"] = str(e)
+        return row
+    except Exception as e:  # a decoder bug must not take the whole shard down
+        logger.exception("unexpected error decoding %s", source)
+        row["error"] = f"unexpected {type(e).__name__}: {e}"
+        return row
+    n = len(video.jpegs)
+    row.update(status="ok", error=video.warning, num_frames=n, fps=video.fps, src_fps=video.src_fps,
+               duration_s=n / video.fps, width=video.width, height=video.height, src_width=video.src_width,
+               src_height=video.src_height, src_frames=video.src_frames,
+               bytes=sum(len(j) for j in video.jpegs), jpegs=video.jpegs)
+    return row
+
+
+class FrameStoreSink(Datasink):
+    """Ray Data Datasink: each write task stores its videos in its own LMDB shard, then writes the shard's rows."""
+
+    def __init__(self, root: str, run_prefix: str):
+        self.root = root
+        self.run_prefix = run_prefix
+
+    def write(self, blocks: Iterable[pa.Table], ctx: Any) -> dict:
+        shard = f"{self.run_prefix}-{ctx.task_idx:05d}"
+        writer = fs.ShardWriter(Path(self.root) / fs.SHARDS_DIR / shard)
+        rows = []
+        for block in blocks:
+            for row in block.to_pylist():
+                jpegs = row.pop("jpegs")
+                if row["status"] == "ok":
+                    writer.put_video(row["video_id"], jpegs)
+                rows.append({**row, "shard": shard})
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        writer.finish(table)
+        return {"shard": shard, "videos": len(rows)}
+
+    def on_write_complete(self, write_result: Any) -> None:
+        fs.write_manifest(self.root, fs.read_shard_rows(self.root))
+
+    def get_name(self) -> str:
+        return "FrameStore"
+
+
+def _next_run_prefix(root: str) -> str:
+    runs = {s.name.split("-")[0] for s in fs.shard_dirs(root)}
+    return f"r{len(runs):03d}"
+
+
+def _check_options(root: str, options: StoreOptions) -> None:
+    header_path = Path(root) / fs.HEADER_FILE
+    if not header_path.exists():
+        fs.write_header(root, options)
+        return
+    header = fs.read_header(root)
+    wanted = dataclasses.asdict(options)
+    diffs = [f"{k}: store has {header.get(k)}, asked {v}" for k, v in wanted.items() if header.get(k) != v]
+    if diffs:
+        raise ValueError(f"{root} was made with other options ({'; '.join(diffs)}): "
+                         "use a new --output or the same options to resume")
+
+
+def run_preprocess(
+    videos: str | Sequence[str],
+    output: str,
+    options: StoreOptions = StoreOptions(),
+    *,
+    videos_per_shard: int = 16,
+    concurrency: int | None = None,
+) -> Summary:
+    """Preprocess ``videos`` into the frame store at ``output`` on the current Ray cluster; resumable.
+
+    Args:
+        videos: a directory, a glob, a list file or a list of paths (see ``list_videos``).
+        output: the frame-store directory (created if missing).
+        options: stored fps, max side, JPEG quality; must match the store's header when resuming.
+        videos_per_shard: upper bound of videos per write task (= per LMDB shard).
+        concurrency: maximum concurrent decode/write tasks (default: Ray decides from the free CPUs).
+    """
+    start = time.perf_counter()
+    listing = list_videos(videos)
+    if listing.ignored:
+        logger.info("ignored %d non-video files, e.g. %s", len(listing.ignored), listing.ignored[:3])
+    if not listing.inputs:
+        raise ValueError(f"no videos found in {videos}")
+    os.makedirs(output, exist_ok=True)
+    _check_options(output, options)
+    removed = fs.remove_incomplete_shards(output)
+    if removed:
+        logger.info("removed %d unfinished shards of an interrupted run: %s", len(removed), removed[:5])
+    done = set(fs.read_shard_rows(output).column("video_id").to_pylist())
+    todo = [v for v in listing.inputs if v.video_id not in done]
+    logger.info("%d videos listed, %d already stored, %d to do", len(listing.inputs), len(listing.inputs) - len(todo), len(todo))
+    if todo:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        n_blocks = min(len(todo), max(math.ceil(len(todo) / videos_per_shard), 4 * cpus))
+        ds = ray.data.from_items([dataclasses.asdict(v) for v in todo], override_num_blocks=n_blocks)
+        ds = ds.map_batches(decode_batch, batch_size=1, fn_kwargs={"options": dataclasses.asdict(options)})
+        ds.write_datasink(FrameStoreSink(output, _next_run_prefix(output)), concurrency=concurrency)
+    else:
+        fs.write_manifest(output, fs.read_shard_rows(output))
+    return _summarize(output, {v.video_id for v in todo}, len(listing.inputs) - len(todo), time.perf_counter() - start)
+
+
+def _summarize(output: str, ran: set[str], skipped: int, seconds: float) -> Summary:
+    manifest = fs.read_manifest(output).to_pylist()
+    mine = [r for r in manifest if r["video_id"] in ran]
+    ok = [r for r in mine if r["status"] == "ok"]
+    return Summary(
+        videos_ok=len(ok), videos_failed=len(mine) - len(ok), videos_skipped=skipped,
+        frames=sum(r["num_frames"] for r in ok), src_frames=sum(r["src_frames"] for r in ok),
+        bytes=sum(r["bytes"] for r in ok), seconds=seconds,
+        failures=[(r["video_id"], r["error"]) for r in mine if r["status"] != "ok"],
+    )
+
+
+def summary_json(summary: Summary) -> str:
+    return json.dumps(dataclasses.asdict(summary), indent=2)
