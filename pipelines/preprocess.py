@@ -244,9 +244,7 @@ def _next_run_prefix(root: str) -> str:
 
 
 def _check_options(root: str, options: StoreOptions) -> None:
-    header_path = Path(root) / fs.HEADER_FILE
-    if not header_path.exists():
-        fs.write_header(root, options)
+    if not (Path(root) / fs.HEADER_FILE).exists():
         return
     header = fs.read_header(root)
     wanted = dataclasses.asdict(options)
@@ -274,13 +272,14 @@ def run_preprocess(
         concurrency: maximum concurrent decode/write tasks (default: Ray decides from the free CPUs).
     """
     start = time.perf_counter()
+    _check_options(output, options)
     listing = list_videos(videos)
     if listing.ignored:
         logger.info("ignored %d non-video files, e.g. %s", len(listing.ignored), listing.ignored[:3])
     if not listing.inputs:
         raise ValueError(f"no videos found in {videos}")
     os.makedirs(output, exist_ok=True)
-    _check_options(output, options)
+    fs.write_header(output, options)
     removed = fs.remove_incomplete_shards(output)
     if removed:
         logger.info("removed %d unfinished shards of an interrupted run: %s", len(removed), removed[:5])
