@@ -128,7 +128,8 @@ class ShardWriter:
     def __init__(self, shard_dir: str | Path):
         self.dir = Path(shard_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(self.dir), map_size=MAP_SIZE, subdir=True, sync=True, metasync=True)
+        # no fsync per video: a shard counts only once finish() has synced it and written its rows
+        self._env = lmdb.open(str(self.dir), map_size=MAP_SIZE, subdir=True, sync=False, metasync=False)
 
     def put_video(self, video_id: str, jpegs: Sequence[bytes]) -> None:
         """Store all frames of one video in one transaction."""
