@@ -1,0 +1,477 @@
+"""The ClipBERT model: ResNet grid encoder + BERT cross-modal encoder + task heads, all clips in one pass.
+
+Faithful to the original (REFERENCE.md section 1): ResNet-50 (stride in the 1x1, BN frozen, stem and res2
+frozen) -> grid encoder conv3x3 2048->D, max-pool 2, ReLU (stride 64) -> mean over the T frames of a clip ->
+row/col position + visual token type embeddings, LayerNorm, dropout -> [text tokens ; visual tokens] with
+the text mask plus ones -> BERT encoder -> pooler -> dropout -> MLP D->2D->C.
+
+Tensor conventions: frames (B, N, T, 3, S, S) RGB, uint8 or float in 0-255, already resized and padded to
+S = img_size (``resize_and_pad``); texts (B, K, L) = K texts per video (retrieval: 1 positive + negatives;
+MC: one per option; QA: 1). The CNN runs once per clip frame for all B*N*T frames in one call; visual
+tokens are expanded (no copy) across the K texts and text embeddings across the N clips before one BERT
+pass over all B*K*N (text, clip) sequences. ``forward`` returns per-clip logits (B, K, N, C); consensus
+over N and the losses live in clipbert.losses (re-exported here).
+
+Beyond the original: contrastive projection heads (``encode_text``, ``encode_video``) for a FAISS first
+stage. A clip embedding is ``video_proj(mean of the clip's grid tokens)``, L2-normalised; a video embedding
+is the mean of its N normalised clip embeddings, renormalised (``aggregate_clip_embeddings``). A text
+embedding is ``text_proj`` of the [CLS] state of a text-only BERT pass, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
+
+from clipbert.config import ModelConfig, OptimConfig
+from clipbert.losses import (  # noqa: F401  (re-exported: the model's public API)
+    consensus,
+    contrastive_loss,
+    itm_labels,
+    itm_loss,
+    itm_scores,
+    mc_loss,
+    predict,
+    qa_loss,
+    task_loss,
+)
+
+logger = logging.getLogger(__name__)
+
+NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "logit_scale")
+INIT_STD = 0.02  # BERT initializer_range, used for every new (non-pretrained) layer
+
+
+# ----------------------------------------------------------------------------------------------- pixels
+def resize_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """The original's get_resize_size: longer side -> max_size, shorter side int-truncated (min 1)."""
+    if height >= width:
+        ratio = width * 1.0 / height
+        return max_size, max(1, int(max_size * ratio))
+    ratio = height * 1.0 / width
+    return max(1, int(max_size * ratio)), max_size
+
+
+def resize_and_pad(frames: torch.Tensor, img_size: int, *, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Resize the longer side to img_size (bilinear, align_corners=False, upscaling too) and zero-pad right/bottom.
+
+    Args:
+        frames: (..., 3, H, W) RGB, uint8 or float in 0-255, on any device.
+        img_size: S, the output side.
+        out_dtype: float32 keeps the interpolated values as the original does; uint8 rounds them.
+
+    Returns:
+        (..., 3, S, S) tensor of `out_dtype` on the input's device.
+    """
+    if frames.ndim < 3 or frames.shape[-3] != 3:
+        raise ValueError(f"frames must be (..., 3, H, W), got shape {tuple(frames.shape)}")
+    height, width = frames.shape[-2:]
+    if height == 0 or width == 0:
+        raise ValueError(f"empty frame of size {height}x{width}")
+    lead = frames.shape[:-3]
+    x = frames.reshape(-1, 3, height, width).float()  # (M, 3, H, W)
+    new_h, new_w = resize_size(height, width, img_size)
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)  # (M, 3, h, w)
+    x = F.pad(x, (0, img_size - new_w, 0, img_size - new_h))  # (M, 3, S, S), zeros right/bottom
+    if out_dtype == torch.uint8:
+        x = x.round().clamp(0, 255)
+    return x.to(out_dtype).reshape(*lead, 3, img_size, img_size)  # (..., 3, S, S)
+
+
+# ----------------------------------------------------------------------------------------------- modules
+def resnet_config(cfg: ModelConfig) -> ResNetConfig:
+    """transformers ResNetConfig equivalent to detectron2's R-50 (or the tiny basic-block variant)."""
+    return ResNetConfig(
+        num_channels=3, embedding_size=cfg.resnet_embedding_size, hidden_sizes=list(cfg.resnet_hidden_sizes),
+        depths=list(cfg.resnet_depths), layer_type=cfg.resnet_layer_type, hidden_act="relu",
+        downsample_in_first_stage=False, downsample_in_bottleneck=cfg.downsample_in_bottleneck,
+    )
+
+
+def bert_config(cfg: ModelConfig) -> BertConfig:
+    """transformers BertConfig of the cross-modal encoder."""
+    return BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        hidden_act=cfg.hidden_act, hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.layer_norm_eps, initializer_range=INIT_STD, pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+
+
+def init_bert_style(module: nn.Module) -> None:
+    """BertPreTrainedModel._init_weights: Linear/Embedding N(0, 0.02), zero bias, LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=INIT_STD)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class GridFeatBackbone(nn.Module):
+    """ResNet (frozen BN, frozen stem+res2) + grid encoder: normalised RGB frames -> (M, D, h, w) grid."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.resnet = ResNetModel(resnet_config(cfg))
+        self.grid_encoder = nn.Sequential(
+            nn.Conv2d(cfg.resnet_hidden_sizes[-1], cfg.hidden_size, kernel_size=3, padding=1, bias=False),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.ReLU(),
+        )
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.bgr = cfg.input_format == "BGR"
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        blocks = self.blocks()
+        self.num_frozen = len(blocks) if cfg.freeze_cnn else min(max(cfg.freeze_at, 0), len(blocks))
+        for module in blocks[: self.num_frozen]:
+            module.requires_grad_(False)
+        for module in self.resnet.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.requires_grad_(False)
+
+    def blocks(self) -> list[nn.Module]:
+        """The ResNet in order: stem (detectron2 "stem"), then one stage per res2, res3, ..."""
+        return [self.resnet.embedder, *self.resnet.encoder.stages]
+
+    def train(self, mode: bool = True) -> "GridFeatBackbone":
+        """Switch modes but keep every BatchNorm in eval mode (frozen statistics, as detectron2 FrozenBN)."""
+        super().train(mode)
+        for module in self.resnet.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (M, 3, S, S) RGB 0-255 -> grid (M, D, S/64, S/64)."""
+        x = (pixels.float() - self.pixel_mean) / self.pixel_std  # (M, 3, S, S), RGB mean, std 1
+        if self.bgr:
+            x = x.flip(1)  # RGB -> BGR, as detectron2 expects
+        blocks = self.blocks()
+        with torch.no_grad():  # frozen prefix: no parameter needs a gradient and no activation is kept
+            for module in blocks[: self.num_frozen]:
+                x = module(x)
+        for module in blocks[self.num_frozen:]:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(module, x, use_reentrant=False)
+            else:
+                x = module(x)
+        return self.grid_encoder(x)  # (M, D, h, w)
+
+
+class VisualInputEmbedding(nn.Module):
+    """Row/col position + visual token type embeddings and LayerNorm on a clip's (T-pooled) grid."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.row_position_embeddings = nn.Embedding(cfg.max_grid_row_position_embeddings, d)
+        self.col_position_embeddings = nn.Embedding(cfg.max_grid_col_position_embeddings, d)
+        self.token_type_embeddings = nn.Embedding(1, d)
+        self.LayerNorm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.pixel_random_sampling_size = cfg.pixel_random_sampling_size
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """grid (M, h, w, D) -> visual tokens (M, h*w, D) after LayerNorm (dropout is the caller's)."""
+        m, h, w, d = grid.shape
+        if h > self.row_position_embeddings.num_embeddings or w > self.col_position_embeddings.num_embeddings:
+            raise ValueError(f"grid {h}x{w} exceeds the row/col position tables")
+        rows = self.row_position_embeddings(torch.arange(h, device=grid.device))  # (h, D)
+        cols = self.col_position_embeddings(torch.arange(w, device=grid.device))  # (w, D)
+        x = grid + rows[:, None, :] + cols[None, :, :]  # (M, h, w, D)
+        x = x.reshape(m, h * w, d)  # (M, V, D)
+        k = self.pixel_random_sampling_size
+        if self.training and 0 < k < h * w:
+            keep = torch.randperm(h * w, device=grid.device)[:k].sort().values  # same tokens for the whole batch
+            x = x[:, keep]  # (M, k, D)
+        x = x + self.token_type_embeddings.weight[0]  # (M, V, D)
+        return self.LayerNorm(x)
+
+
+class ProjectionHead(nn.Module):
+    """LayerNorm -> Linear -> GELU -> Linear: pooled grid features -> contrastive embedding space."""
+
+    def __init__(self, d_in: int, d_out: int, eps: float):
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(d_in, eps=eps)
+        self.dense = nn.Linear(d_in, d_in)
+        self.out = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.dense(self.LayerNorm(x))))
+
+
+class ClipBertOutput(NamedTuple):
+    """forward(..., return_embeddings=True) result."""
+
+    logits: torch.Tensor  # (B, K, N, C) per-clip logits
+    video_embeds: torch.Tensor  # (B, E) L2-normalised video embeddings (clip mean, renormalised)
+    text_embeds: torch.Tensor  # (B, E) L2-normalised embeddings of text 0 of each row (the positive)
+    logit_scale: torch.Tensor  # () InfoNCE multiplier exp(log_scale), clamped to <= 100
+
+
+def aggregate_clip_embeddings(clip_embeds: torch.Tensor) -> torch.Tensor:
+    """(B, N, E) normalised clip embeddings -> (B, E): mean over clips, L2-renormalised."""
+    return F.normalize(clip_embeds.mean(1), dim=-1)  # (B, E)
+
+
+class ClipBert(nn.Module):
+    """ClipBERT with one task head ("itm", "mc" or "qa") and optional contrastive heads."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.cnn = GridFeatBackbone(cfg)
+        self.bert = BertModel(bert_config(cfg), add_pooling_layer=True)
+        self.visual_embeddings = VisualInputEmbedding(cfg)
+        self.embedding_dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, self.num_labels))
+        init_bert_style(self.visual_embeddings)
+        init_bert_style(self.classifier)
+        if cfg.contrastive:
+            self.text_proj = nn.Linear(d, cfg.embed_dim)
+            self.video_proj = ProjectionHead(d, cfg.embed_dim, cfg.layer_norm_eps)
+            init_bert_style(self.text_proj)
+            init_bert_style(self.video_proj)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+        self.set_gradient_checkpointing(cfg.gradient_checkpointing)
+
+    @property
+    def num_labels(self) -> int:
+        """C: 2 for "itm", 1 for "mc", num_answers for "qa"."""
+        return {"itm": 2, "mc": 1, "qa": self.cfg.num_answers}[self.cfg.head]
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute BERT layers and the trainable ResNet stages in the backward pass (saves activation memory)."""
+        self.cnn.gradient_checkpointing = enabled
+        if enabled:
+            self.bert.activation_checkpointing_enable({"use_reentrant": False})
+        elif self.bert.is_activation_checkpointing:
+            self.bert.activation_checkpointing_disable()
+
+    # -------------------------------------------------------------------------------- visual side
+    def encode_grid(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, N, T, 3, S, S) -> clip grids (B, N, h, w, D): CNN on all B*N*T frames, mean over T."""
+        if frames.ndim != 6 or frames.shape[3] != 3:
+            raise ValueError(f"frames must be (B, N, T, 3, S, S) with 3 RGB channels, got {tuple(frames.shape)}")
+        b, n, t = frames.shape[:3]
+        grid = self.cnn(frames.reshape(b * n * t, *frames.shape[3:]))  # (B*N*T, D, h, w)
+        grid = grid.view(b * n, t, *grid.shape[1:]).mean(1)  # (B*N, D, h, w): temporal mean pooling
+        grid = grid.permute(0, 2, 3, 1)  # (B*N, h, w, D)
+        return grid.reshape(b, n, *grid.shape[1:])  # (B, N, h, w, D)
+
+    def embed_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """Clip grids (B, N, h, w, D) -> L2-normalised clip embeddings (B, N, E) (needs contrastive heads)."""
+        self._need_contrastive()
+        pooled = grid.mean(dim=(2, 3))  # (B, N, D): mean over the h*w grid
+        return F.normalize(self.video_proj(pooled), dim=-1)  # (B, N, E)
+
+    def encode_clips(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, N, T, 3, S, S) -> normalised clip embeddings (B, N, E)."""
+        return self.embed_grid(self.encode_grid(frames))
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, N, T, 3, S, S) -> L2-normalised video embeddings (B, E) (mean of clip embeddings)."""
+        return aggregate_clip_embeddings(self.encode_clips(frames))
+
+    # -------------------------------------------------------------------------------- text side
+    def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(M, L) token ids -> (M, L, D): word + position + type-0 embeddings, LayerNorm, no dropout."""
+        emb = self.bert.embeddings
+        length = input_ids.shape[1]
+        positions = emb.position_ids[:, :length]  # (1, L)
+        x = emb.word_embeddings(input_ids) + emb.position_embeddings(positions)  # (M, L, D)
+        x = x + emb.token_type_embeddings.weight[0]  # (M, L, D): token type 0 everywhere
+        return emb.LayerNorm(x)
+
+    def encode_sequence(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT encoder + pooler on ready embeddings (M, S, D) with a 0/1 key mask (M, S)."""
+        attn = mask.bool()[:, None, None, :]  # (M, 1, 1, S): True = attend (SDPA boolean key mask)
+        hidden = self.bert.encoder(embeds, attention_mask=attn).last_hidden_state  # (M, S, D)
+        return hidden, self.bert.pooler(hidden)  # (M, S, D), (M, D)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) text -> (B, E) L2-normalised embedding of the text-only [CLS] state (needs contrastive heads)."""
+        self._need_contrastive()
+        self._check_text(input_ids[:, None], attention_mask[:, None], input_ids.shape[0])
+        embeds = self.embedding_dropout(self.text_embeddings(input_ids))  # (B, L, D)
+        hidden, _ = self.encode_sequence(embeds, attention_mask)
+        return F.normalize(self.text_proj(hidden[:, 0]), dim=-1)  # (B, E)
+
+    # -------------------------------------------------------------------------------- cross-modal
+    def score_grid(self, grid: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Clip grids (B, N, h, w, D) x texts (B, K, L) -> per-clip logits (B, K, N, C), one BERT pass."""
+        b, n = grid.shape[:2]
+        k, length = input_ids.shape[1:]
+        d = grid.shape[-1]
+        visual = self.visual_embeddings(grid.flatten(0, 1))  # (B*N, V, D)
+        v = visual.shape[1]
+        visual = visual.view(b, 1, n, v, d).expand(b, k, n, v, d)  # (B, K, N, V, D), no copy
+        text = self.text_embeddings(input_ids.flatten(0, 1))  # (B*K, L, D)
+        text = text.view(b, k, 1, length, d).expand(b, k, n, length, d)  # (B, K, N, L, D), no copy
+        embeds = torch.cat([text, visual], dim=3).view(b * k * n, length + v, d)  # (B*K*N, L+V, D)
+        embeds = self.embedding_dropout(embeds)  # independent masks per (text, clip) row, as the original
+        text_mask = attention_mask[:, :, None, :].expand(b, k, n, length)  # (B, K, N, L)
+        visual_mask = attention_mask.new_ones(b, k, n, v)  # (B, K, N, V)
+        mask = torch.cat([text_mask, visual_mask], dim=3).view(b * k * n, length + v)  # (B*K*N, L+V)
+        _, pooled = self.encode_sequence(embeds, mask)  # (B*K*N, D)
+        logits = self.classifier(self.dropout(pooled))  # (B*K*N, C)
+        return logits.view(b, k, n, -1)  # (B, K, N, C)
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        return_embeddings: bool = False,
+    ) -> torch.Tensor | ClipBertOutput:
+        """Score K texts against the N clips of each of B videos.
+
+        Args:
+            frames: (B, N, T, 3, S, S) RGB uint8/float 0-255, resized and padded to S.
+            input_ids: (B, K, L) token ids ([CLS] ... [SEP] [PAD]...), L <= max_position_embeddings.
+            attention_mask: (B, K, L) 1 for real tokens, 0 for padding.
+            return_embeddings: also return the contrastive embeddings (video, text 0 of each row) and the
+                InfoNCE scale, computed from the same CNN pass (needs model.contrastive).
+
+        Returns:
+            per-clip logits (B, K, N, C), or a ClipBertOutput when return_embeddings.
+        """
+        self._check_text(input_ids, attention_mask, frames.shape[0] if frames.ndim == 6 else -1)
+        grid = self.encode_grid(frames)  # (B, N, h, w, D)
+        logits = self.score_grid(grid, input_ids, attention_mask)  # (B, K, N, C)
+        if not return_embeddings:
+            return logits
+        video = aggregate_clip_embeddings(self.embed_grid(grid))  # (B, E)
+        text = self.encode_text(input_ids[:, 0], attention_mask[:, 0])  # (B, E)
+        return ClipBertOutput(logits, video, text, self.logit_scale.exp().clamp(max=100.0))
+
+    # -------------------------------------------------------------------------------- checks
+    def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch: int) -> None:
+        if input_ids.ndim != 3 or attention_mask.shape != input_ids.shape:
+            raise ValueError(f"input_ids/attention_mask must both be (B, K, L), got {tuple(input_ids.shape)} "
+                             f"and {tuple(attention_mask.shape)}")
+        if batch >= 0 and input_ids.shape[0] != batch:
+            raise ValueError(f"{input_ids.shape[0]} text rows for {batch} videos")
+        if input_ids.shape[-1] > self.cfg.max_position_embeddings:
+            raise ValueError(f"text length {input_ids.shape[-1]} exceeds max_position_embeddings "
+                             f"{self.cfg.max_position_embeddings}; truncate with clipbert.text.tokenize")
+
+    def _need_contrastive(self) -> None:
+        if not self.cfg.contrastive:
+            raise RuntimeError("this model has no contrastive heads: build it with model.contrastive=True")
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+def _is_cnn(name: str) -> bool:
+    return re.search(r"(^|\.)cnn\.", name) is not None
+
+
+def param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
+    """The original's 8 AdamW parameter groups, in its order; frozen parameters are left out.
+
+    Groups: transformer {names containing transformer_lr_mul_prefix (lr x transformer_lr_mul), rest} x
+    {decay, no-decay}, then CNN {names containing cnn_lr_mul_prefix ("grid_encoder", lr x cnn_lr_mul), rest}
+    x {decay, no-decay}. No-decay = names containing "bias", "LayerNorm.weight/bias" (and "logit_scale").
+    The CNN side is every parameter under ``cnn.``; everything else is the transformer side. Each group
+    carries "base_lr", "lr_mul" and "name" for ``apply_lr``; empty groups are kept so there are always 8.
+    """
+    o = optim_cfg
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    sides = [
+        ("transformer", [(n, p) for n, p in named if not _is_cnn(n)], o.lr, o.weight_decay,
+         o.transformer_lr_mul, o.transformer_lr_mul_prefix),
+        ("cnn", [(n, p) for n, p in named if _is_cnn(n)], o.cnn_lr, o.cnn_weight_decay, o.cnn_lr_mul,
+         o.cnn_lr_mul_prefix),
+    ]
+    groups = []
+    for side, members, lr, wd, mul, prefix in sides:
+        top = [(n, p) for n, p in members if prefix and prefix in n]
+        rest = [(n, p) for n, p in members if not (prefix and prefix in n)]
+        for part, part_mul, subset in (("lr_mul", mul, top), ("rest", 1.0, rest)):
+            for decay in (True, False):
+                params = [p for n, p in subset if any(nd in n for nd in NO_DECAY) != decay]
+                groups.append({"params": params, "lr": lr * part_mul, "weight_decay": wd if decay else 0.0,
+                               "base_lr": lr, "lr_mul": part_mul,
+                               "name": f"{side}/{part}/{'decay' if decay else 'no_decay'}"})
+    return groups
+
+
+def build_optimizer(model: nn.Module, optim_cfg: OptimConfig) -> torch.optim.AdamW:
+    """torch AdamW over ``param_groups`` with betas/eps from the config (decoupled decay, bias correction).
+
+    The original's HF-style AdamW differs in two negligible ways: its eps is added before the bias
+    correction (an effective eps / sqrt(1 - beta2^t), above 1e-6 only in the first few hundred steps) and
+    it decays the weights after the Adam update instead of before (a relative difference of lr * wd).
+    """
+    return torch.optim.AdamW(param_groups(model, optim_cfg), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
+                             eps=optim_cfg.eps)
+
+
+def lr_schedule(step: int, total: int, warmup_ratio: float, base_lr: float = 1.0) -> float:
+    """The original's get_lr_sched("linear"): linear warmup over int(warmup_ratio*total) steps, then linear
+    decay to 0 at `total`; a non-positive result becomes 1e-8. `step` counts optimiser steps from 1."""
+    warmup = int(warmup_ratio * total)
+    if step < warmup:
+        factor = step / warmup
+    elif total > warmup:
+        factor = max(0.0, (total - step) / (total - warmup))
+    else:
+        factor = 0.0
+    lr = base_lr * factor
+    return lr if lr > 0 else 1e-8
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, step: int, total: int, warmup_ratio: float) -> list[float]:
+    """Set every group's lr to lr_mul * lr_schedule(step, total, warmup_ratio, base_lr); returns the lrs."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr_mul"] * lr_schedule(step, total, warmup_ratio, group["base_lr"])
+    return [g["lr"] for g in optimizer.param_groups]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: ClipBert, frames: torch.Tensor) -> None:
+    """Set the frozen BatchNorm statistics of a randomly initialised ResNet from a batch of frames.
+
+    Pretrained weights carry their own statistics; a random ResNet with identity statistics (mean 0, var 1)
+    on 0-255 pixels produces activations in the hundreds that drown the differences between videos. This
+    runs the CNN once with every BN in training mode and a cumulative average (momentum None), so each
+    layer's statistics are those of its calibrated inputs, then freezes them again.
+
+    Args:
+        model: the ClipBert whose ``cnn`` is calibrated in place.
+        frames: (B, N, T, 3, S, S) or (M, 3, S, S) RGB 0-255 frames, e.g. a first training batch.
+    """
+    pixels = frames.reshape(-1, *frames.shape[-3:])  # (M, 3, S, S)
+    norms = [m for m in model.cnn.resnet.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    x = (pixels.float() - model.cnn.pixel_mean) / model.cnn.pixel_std  # (M, 3, S, S)
+    x = x.flip(1) if model.cnn.bgr else x
+    for block in model.cnn.blocks():
+        x = block(x)
+    for m, (momentum, training) in zip(norms, saved):
+        m.momentum = momentum
+        m.train(training)
+    model.cnn.train(model.cnn.training)  # BN back to eval
