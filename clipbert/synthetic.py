@@ -95,24 +95,21 @@ QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {  # answer_type -> templates o
     ),
 }
 
-# container extension -> (codec, encoder options)
-CODECS: dict[str, tuple[str, dict[str, str]]] = {
-    "mp4": ("libx264", {"preset": "veryfast", "crf": "23"}),
-    "webm": ("libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0", "row-mt": "0"}),
-    "gif": ("gif", {}),
-}
 CODEC_ALIASES = {
     "h264": "libx264", "x264": "libx264", "vp9": "libvpx-vp9", "av1": "libsvtav1", "svtav1": "libsvtav1",
 }
+EXTENSION_CODECS = {  # container extension -> default encoder
+    "mp4": "libx264", "mkv": "libx264", "mov": "libx264", "webm": "libvpx-vp9", "gif": "gif", "avi": "mpeg4",
+}
+# Encoder defaults, all single-threaded. x264's MB-tree rate control reads uninitialised lookahead memory,
+# which makes its bytes depend on the heap contents; mbtree=0 keeps same frames -> same bytes.
 ENCODER_OPTIONS: dict[str, dict[str, str]] = {
-    "libx264": CODECS["mp4"][1],
-    "libvpx-vp9": CODECS["webm"][1],
-    "libsvtav1": {"preset": "10", "crf": "35"},
+    "libx264": {"preset": "veryfast", "crf": "23", "x264-params": "mbtree=0"},
+    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0", "row-mt": "0"},
+    "libsvtav1": {"preset": "10", "crf": "35", "svtav1-params": "lp=1"},
     "mpeg4": {"qscale": "4"},
     "gif": {},
 }
-EXTENSION_CODECS = {"mp4": "libx264", "mkv": "libx264", "mov": "libx264", "webm": "libvpx-vp9",
-                    "gif": "gif", "avi": "mpeg4"}
 
 
 @dataclass(frozen=True)
@@ -157,7 +154,7 @@ class VideoSpec:
     @property
     def codec(self) -> str:
         """Encoder used for this video."""
-        return CODECS[self.ext][0]
+        return EXTENSION_CODECS[self.ext]
 
     def event_frames(self) -> list[tuple[int, int]]:
         """[start, end) frame range of each event."""

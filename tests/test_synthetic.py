@@ -53,6 +53,18 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, corpus):
     assert [k for k in first if first[k] != second[k]] == []
 
 
+@pytest.mark.parametrize("ext", ["mp4", "webm", "gif"])
+def test_encoding_does_not_depend_on_heap_contents(tmp_path, ext):
+    spec = _spec("right", ext=ext, width=64, height=64, num_frames=30, shape_size=20)
+    rng = np.random.default_rng(0)
+    outputs = set()
+    for k in range(4):
+        junk = [rng.random((int(rng.integers(100, 400)), 300)) for _ in range(5)]  # leave garbage on the heap
+        outputs.add(S.encode_spec(spec, tmp_path / str(k)).read_bytes())
+        del junk
+    assert len(outputs) == 1
+
+
 def test_other_seed_other_corpus(tmp_path, corpus):
     other = S.synthesize_corpus(tmp_path / "c", n_videos=10, seed=6, mixed_formats=True, val_videos=2,
                                 test_videos=3, **TINY)
