@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import difflib
 import logging
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,11 +89,13 @@ class SamplingConfig:
 class DataConfig:
     """Where the frames and annotations are, and how text is prepared."""
 
+    root: str = ""  # base directory: relative data paths below are resolved against it ("" = as given)
     frame_store: str = ""  # path of the frame store directory (manifest.parquet + LMDB shards)
     task: str = "retrieval"  # "retrieval", "mc" (multiple choice) or "qa" (open-ended QA)
     train_file: str = ""  # training annotations (jsonl, ClipBERT txt_db format)
     val_file: str = ""  # validation annotations (jsonl)
     test_file: str = ""  # test annotations (jsonl)
+    val_mc_file: str = ""  # optional multiple-choice annotations scored with the retrieval head at validation
     ans2label_file: str = ""  # QA answer vocabulary (json {answer: label})
     tokenizer: str = ""  # local tokenizer directory (from_pretrained) or a vocab.txt path
     max_txt_len: int = 20  # L: text tokens incl. [CLS]/[SEP]; longer texts are truncated, shorter padded
@@ -136,6 +139,8 @@ class TrainConfig:
     metric: str = "t2v_r1"  # main validation metric (checkpoint ranking, Tune)
     metric_mode: str = "max"  # "max" or "min" for the main metric
     log_every_steps: int = 50  # optimiser steps between log lines
+    max_failures: int = 2  # restarts from the last checkpoint after a worker dies
+    placement_strategy: str = "PACK"  # Ray placement of the workers: "PACK" or "SPREAD" (one per node)
 
 
 @dataclass
@@ -305,10 +310,19 @@ def apply_overrides(tree: dict, overrides: typing.Iterable[str]) -> dict:
     return tree
 
 
+DATA_PATH_KEYS = ("frame_store", "train_file", "val_file", "test_file", "val_mc_file", "ans2label_file", "tokenizer")
+
+
 def sync_derived(cfg: Config) -> Config:
-    """Copy values that one section derives from another (model.num_answers <- data.num_answers for QA)."""
+    """Copy values that one section derives from another (model.num_answers <- data.num_answers for QA)
+    and resolve relative data paths against data.root."""
     if cfg.model.head == "qa":
         cfg.model.num_answers = cfg.data.num_answers
+    if cfg.data.root:
+        for key in DATA_PATH_KEYS:
+            value = getattr(cfg.data, key)
+            if value and "://" not in value and not os.path.isabs(value):
+                setattr(cfg.data, key, os.path.join(cfg.data.root, value))
     return cfg
 
 

@@ -1,0 +1,115 @@
+"""CPU stage of the training data path: annotation rows -> sampled clips (decoded, resized) and tokenised texts.
+
+``make_batch`` runs inside Ray Data ``map_batches`` tasks (and directly in tests). A batch is a dict of
+numpy arrays with fixed keys:
+
+    "frames"          uint8 (B, N, T, 3, S, S)  RGB clips, longer side resized to S, zero-padded right/bottom
+    "input_ids"       int64 (B, K, L)           K texts per video ([CLS] ... [SEP] [PAD]...)
+    "attention_mask"  int64 (B, K, L)
+    "label"           int64 (B,)                retrieval: index of the positive text (0); mc: the answer
+                                                option; qa: the answer label (-1 = not in the vocabulary)
+    "example_id"      int64 (B,)
+
+Training draws fresh random clips (and, for retrieval, fresh negative captions of other videos) every
+time a row passes through; inference takes N uniform clips (``sampling.inference_n_clips``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from clipbert.config import Config, config_from_dict
+from clipbert.frames import FrameStore
+from clipbert.model import resize_and_pad
+from clipbert.sampling import indices_for_config
+from clipbert.text import load_tokenizer, tokenize
+
+BATCH_KEYS = ("frames", "input_ids", "attention_mask", "label", "example_id")
+
+
+@functools.lru_cache(maxsize=4)
+def _store(root: str) -> FrameStore:
+    return FrameStore(root)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    return load_tokenizer(path)
+
+
+def video_clips(store: FrameStore, video_id: str, cfg: Config, *, train: bool, rng: np.random.Generator | None) -> np.ndarray:
+    """The N clips of one video: uint8 (N, T, 3, S, S)."""
+    clips = indices_for_config(cfg.sampling, store.num_frames(video_id), store.fps(video_id), train=train, rng=rng)
+    n, t = clips.frame_indices.shape
+    frames = store.get(video_id, clips.frame_indices.reshape(-1), min_side=cfg.model.img_size)  # (N*T, H, W, 3)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N*T, 3, H, W)
+    x = resize_and_pad(x, cfg.model.img_size, out_dtype=torch.uint8)  # (N*T, 3, S, S)
+    return x.reshape(n, t, *x.shape[1:]).numpy()  # (N, T, 3, S, S)
+
+
+def draw_negatives(
+    video_ids: Sequence[str], pool_videos: np.ndarray, pool_captions: np.ndarray, k: int, rng: np.random.Generator
+) -> list[list[str]]:
+    """For each video, k captions drawn uniformly from pool rows of OTHER videos (the original's ITM negatives)."""
+    out = []
+    for vid in video_ids:
+        picks: list[str] = []
+        while len(picks) < k:
+            j = rng.integers(len(pool_videos), size=4 * k)
+            picks += [pool_captions[i] for i in j if pool_videos[i] != vid][: k - len(picks)]
+        out.append(picks)
+    return out
+
+
+def make_batch(
+    batch: dict[str, Any],
+    *,
+    cfg: dict,
+    train: bool,
+    negatives: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Map annotation rows (columns ``example_id, video_id, texts, label``) to a model batch (BATCH_KEYS).
+
+    Args:
+        batch: a column batch of annotation rows (clipbert.data row schema).
+        cfg: the Config as a dict (config_to_dict), as Ray ships it.
+        train: random clips (and retrieval negatives) when True, uniform inference clips when False.
+        negatives: (video_ids, captions) of every training caption: the pool retrieval negatives come from;
+            only used in training when ``data.task == "retrieval"``.
+        seed: seed of the clip/negative draws; None draws fresh entropy (new clips every epoch).
+    """
+    c = config_from_dict(cfg)
+    store, tok = _store(c.data.frame_store), _tokenizer(c.data.tokenizer)
+    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
+    video_ids = [str(v) for v in batch["video_id"]]
+    texts = [list(t) for t in batch["texts"]]
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    if train and c.data.task == "retrieval" and negatives is not None:
+        negs = draw_negatives(video_ids, negatives[0], negatives[1], c.data.itm_neg_size, rng)
+        texts = [t[:1] + n for t, n in zip(texts, negs)]
+        labels = np.zeros(len(texts), dtype=np.int64)  # the positive is text 0
+    frames = np.stack([video_clips(store, v, c, train=train, rng=rng) for v in video_ids])  # (B, N, T, 3, S, S)
+    k = max(len(t) for t in texts)
+    if any(len(t) != k for t in texts):
+        raise ValueError(f"rows of one batch must have the same number of texts, got {sorted({len(t) for t in texts})}")
+    enc = tokenize(tok, [s for t in texts for s in t], c.data.max_txt_len)  # (B*K, L)
+    shape = (len(texts), k, c.data.max_txt_len)
+    return {
+        "frames": frames,
+        "input_ids": enc["input_ids"].reshape(shape),  # (B, K, L)
+        "attention_mask": enc["attention_mask"].reshape(shape),  # (B, K, L)
+        "label": labels,
+        "example_id": np.asarray(batch["example_id"], dtype=np.int64),
+    }
+
+
+def video_batch(video_ids: Sequence[str], cfg: Config) -> np.ndarray:
+    """Inference clips of several videos: uint8 (B, N, T, 3, S, S) (for evaluation and indexing)."""
+    store = _store(cfg.data.frame_store)
+    return np.stack([video_clips(store, v, cfg, train=False, rng=None) for v in video_ids])
