@@ -291,6 +291,8 @@ def run_preprocess(
         n_blocks = min(len(todo), max(math.ceil(len(todo) / videos_per_shard), 4 * cpus))
         ds = ray.data.from_items([dataclasses.asdict(v) for v in todo], override_num_blocks=n_blocks)
         ds = ds.map_batches(decode_batch, batch_size=1, fn_kwargs={"options": dataclasses.asdict(options)})
+        # One fused decode->write operator: Ray Data's per-operator reservation would hold half the CPUs idle.
+        ds.context.op_resource_reservation_enabled = False
         ds.write_datasink(FrameStoreSink(output, _next_run_prefix(output)), concurrency=concurrency)
     else:
         fs.write_manifest(output, fs.read_shard_rows(output))
