@@ -253,6 +253,21 @@ class CorpusInfo:
         return {v.video_id: v for v in self.videos}
 
 
+def load_corpus(root: str | Path) -> CorpusInfo:
+    """Read back what synthesize_corpus wrote (from root/corpus.json) without touching the videos."""
+    root = Path(root)
+    doc = json.loads((root / "corpus.json").read_text())
+    opts = doc["options"]
+    opts.update(sizes=tuple(tuple(s) for s in opts["sizes"]), fps_choices=tuple(opts["fps_choices"]),
+                mc_changes=tuple(opts["mc_changes"]))
+    cfg = SynthesisConfig(**opts)
+    fields = {f.name for f in dataclasses.fields(VideoSpec)}
+    videos = [VideoSpec(**{**{k: v for k, v in meta.items() if k in fields},
+                           "events": tuple(Event(**e) for e in meta["events"])}) for meta in doc["videos"]]
+    splits = {s: [v.video_id for v in videos if v.split == s] for s in SPLITS}
+    return CorpusInfo(root=root, config=cfg, videos=videos, splits=splits)
+
+
 def _fraction_count(n: int, fraction: float) -> int:
     if fraction <= 0:
         return 0
@@ -300,7 +315,7 @@ def unordered_key(events: Sequence[Event]) -> tuple[tuple[str, str, str], ...]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Scene generation (all random draws happen here, in video order, from one generator)
+# Scene generation (every random choice of the corpus comes from one generator, in video order)
 
 
 def _draw_event_pair(rng: np.random.Generator) -> tuple[Event, Event]:
@@ -486,27 +501,36 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
 
 
 def iter_yuv_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
-    """The video's frames as uint8 (H*3/2, W) YUV 4:2:0, blended directly in YUV (equal to rgb_to_yuv420p of
-    the RGB frames up to rounding), one at a time."""
+    """The video's frames as uint8 (H*3/2, W) planar YUV 4:2:0, one at a time.
+
+    Blended directly in YUV (linear in RGB, so equal to rgb_to_yuv420p of iter_rgb_frames up to rounding);
+    only the shape's patch is computed per frame.
+    """
     H, W = spec.height, spec.width
     bg = rgb_to_yuv(np.full(3, spec.background, np.float32))  # (3,)
     colors = [rgb_to_yuv(np.asarray(COLORS[e.color], np.float32)) for e in spec.events]  # (3,) each
-    base_y = np.full((H, W), bg[0], np.float32)  # (H, W)
-    base_c = np.broadcast_to(bg[1:], (H // 2, W // 2, 2)).astype(np.float32)  # (H/2, W/2, 2)
+    base = np.concatenate([np.full(H * W, bg[0]), np.full(H * W // 4, bg[1]), np.full(H * W // 4, bg[2])])
+    base = np.rint(base).astype(np.uint8)  # (H*W*3/2,) flat Y, U, V planes
     for ev, y0, x0, alpha in iter_layers(spec):
         ey, ex = y0 - y0 % 2, x0 - x0 % 2  # align the patch to the chroma grid
         h2 = (y0 - ey + alpha.shape[0] + 1) // 2 * 2
         w2 = (x0 - ex + alpha.shape[1] + 1) // 2 * 2
-        a = np.zeros((h2, w2), np.float32)  # (h2, w2) even-sized patch
+        a = np.zeros((h2, w2), np.float32)  # (h2, w2) even-sized patch, inside the (even-sized) frame
         a[y0 - ey: y0 - ey + alpha.shape[0], x0 - ex: x0 - ex + alpha.shape[1]] = alpha
-        a = a[: H - ey, : W - ex]  # the aligned patch never leaves the (even) frame
-        ya = base_y.copy()
-        ya[ey: ey + a.shape[0], ex: ex + a.shape[1]] += a * (colors[ev][0] - bg[0])
-        ac = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).mean(axis=(1, 3))  # (h2/2, w2/2)
-        ca = base_c.copy()
-        ca[ey // 2: ey // 2 + ac.shape[0], ex // 2: ex // 2 + ac.shape[1]] += ac[..., None] * (colors[ev][1:] - bg[1:])
-        flat = np.concatenate([ya.ravel(), ca[..., 0].ravel(), ca[..., 1].ravel()])
-        yield np.clip(np.rint(flat), 0, 255).astype(np.uint8).reshape(H * 3 // 2, W)
+        ac = a.reshape(h2 // 2, 2, w2 // 2, 2).mean(axis=(1, 3))  # (h2/2, w2/2) chroma opacity
+        frame = base.copy()
+        y_plane = frame[: H * W].reshape(H, W)
+        u_plane = frame[H * W: H * W * 5 // 4].reshape(H // 2, W // 2)
+        v_plane = frame[H * W * 5 // 4:].reshape(H // 2, W // 2)
+        y_plane[ey: ey + h2, ex: ex + w2] = _blend(bg[0], colors[ev][0], a)
+        u_plane[ey // 2: ey // 2 + h2 // 2, ex // 2: ex // 2 + w2 // 2] = _blend(bg[1], colors[ev][1], ac)
+        v_plane[ey // 2: ey // 2 + h2 // 2, ex // 2: ex // 2 + w2 // 2] = _blend(bg[2], colors[ev][2], ac)
+        yield frame.reshape(H * 3 // 2, W)
+
+
+def _blend(back: float, fore: float, alpha: np.ndarray) -> np.ndarray:
+    """uint8 of back + alpha * (fore - back), alpha (h, w) in [0, 1]."""
+    return np.clip(np.rint(back + alpha * (fore - back)), 0, 255).astype(np.uint8)
 
 
 def gif_palette(spec: VideoSpec) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from clipbert.logs import setup_logging
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--qa-per-video", type=int, default=3, help="open-ended questions per video (1..6)")
     p.add_argument("--mc-changes", type=_ints, default=[1, 6], help="MIN,MAX attributes changed per MC distractor")
     p.add_argument("--paraphrases", action="store_true", help="a second, paraphrased caption per train video")
-    p.add_argument("--workers", type=int, default=1, help="encoding processes (output does not depend on it)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="encoding processes (default: CPUs, at most 4; the output does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus already in --output")
     return p.parse_args(argv)
 

@@ -118,6 +118,12 @@ def test_corpus_json_matches_specs(corpus):
         assert [e["color"] for e in meta["events"]] == [e.color for e in spec.events]
 
 
+def test_load_corpus_reads_back_the_specs(corpus):
+    loaded = S.load_corpus(corpus.root)
+    assert loaded.videos == corpus.videos and loaded.config == corpus.config and loaded.splits == corpus.splits
+    assert loaded.video_path("video00003").exists()
+
+
 def test_retrieval_caption_names_both_events_in_order(corpus):
     by_id = {v.video_id: v for v in corpus.videos}
     for r in read_jsonl(corpus.annotation_path("retrieval", "train")):
@@ -253,6 +259,24 @@ def test_each_shape_is_visible_only_during_its_event():
     blue_px = (frames[..., 2] > 150) & (frames[..., 0] < 100)
     assert red_px[:10].any(axis=(1, 2)).all() and not red_px[10:].any()
     assert blue_px[10:].any(axis=(1, 2)).all() and not blue_px[:10].any()
+
+
+@pytest.mark.parametrize("direction", ["left", "down"])
+def test_yuv_frames_equal_the_converted_rgb_frames(direction):
+    spec = _spec(direction)
+    for rgb, yuv in zip(S.iter_rgb_frames(spec), S.iter_yuv_frames(spec)):
+        assert yuv.shape == (180, 160) and yuv.dtype == np.uint8
+        assert np.abs(yuv.astype(int) - S.rgb_to_yuv420p(rgb).astype(int)).max() <= 2
+
+
+def test_rgb_to_yuv420p_known_values():
+    frame = np.zeros((2, 2, 3), np.uint8)
+    frame[:] = (255, 255, 255)
+    assert S.rgb_to_yuv420p(frame).ravel().tolist() == [235, 235, 235, 235, 128, 128]
+    frame[:] = (255, 0, 0)
+    assert S.rgb_to_yuv420p(frame).ravel().tolist() == [81, 81, 81, 81, 90, 240]
+    with pytest.raises(ValueError, match="even"):
+        S.rgb_to_yuv420p(np.zeros((3, 2, 3), np.uint8))
 
 
 @pytest.mark.parametrize("shape", S.SHAPES)
