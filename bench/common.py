@@ -23,7 +23,7 @@ def corpus(workdir: Path, n_videos: int, seed: int) -> Path:
     """A synthetic corpus of ``n_videos`` H.264 videos under workdir (made once, then reused)."""
     root = workdir / f"corpus_{n_videos}_{seed}"
     if not (root / "corpus.json").exists():
-        synthesize_corpus(root, n_videos=n_videos, seed=seed)
+        synthesize_corpus(root, n_videos=n_videos, seed=seed, workers=2)
     return root
 
 

@@ -16,6 +16,7 @@ Layout written by `synthesize_corpus(out_dir, ...)`:
     out_dir/txt/qa_{train,val,test}.jsonl          {"video_id", "question", "answer", "answer_type"}
     out_dir/txt/qa_ans2label.json                  {answer: label} from the train answers
     out_dir/txt/vocab_words.txt                    every token the templates can produce, one per line
+    out_dir/tokenizer/vocab.txt                    a word-piece vocabulary of those tokens (clipbert.text)
     out_dir/corpus.json                            generator options and per-video metadata
 
 The same options and seed give the same bytes, whatever the number of worker processes.
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from clipbert.text import write_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -822,6 +825,7 @@ def synthesize_corpus(out_dir: str | Path, *, n_videos: int, seed: int = 0, mixe
     files = build_annotations(specs, cfg, rng)
     encode_all(specs, root / "videos", workers)
     write_annotations(root, files)
+    write_vocab(vocabulary_words(), root / "tokenizer")
     _write_corpus_json(root, cfg, specs)
     splits = {s: [v.video_id for v in specs if v.split == s] for s in SPLITS}
     info = CorpusInfo(root=root, config=cfg, videos=list(specs), splits=splits,

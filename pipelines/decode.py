@@ -108,7 +108,10 @@ def _decode_decord(source: str | bytes, options: StoreOptions) -> DecodedVideo:
 
     def frames() -> Iterator[np.ndarray]:
         for i in range(0, len(keep), DECODE_CHUNK):
-            yield from vr.get_batch(keep[i : i + DECODE_CHUNK].tolist()).asnumpy()
+            batch = vr.get_batch(keep[i : i + DECODE_CHUNK].tolist()).asnumpy()  # (t, H, W, 3)
+            if batch.ndim != 4 or batch.shape[-1] != 3:  # decord mis-sizes some odd widths: let PyAV decode
+                raise DecodeError(f"decord returned frames of shape {batch.shape}")
+            yield from batch
 
     return _encode_frames(frames(), src_fps, min(options.fps, src_fps), n_src, options)
 

@@ -43,3 +43,16 @@ def test_bad_bytes_fail_with_a_reason(tmp_path, content, reason):
 def test_missing_file(tmp_path):
     with pytest.raises(DecodeError, match="file not found"):
         decode_video(str(tmp_path / "nope.mp4"), StoreOptions())
+
+
+@pytest.mark.parametrize("width", [72, 48])
+def test_widths_decord_mis_sizes_are_decoded_correctly(tmp_path, width):
+    from clipbert.frames import decode_jpeg
+    from clipbert.synthetic import write_video
+
+    frames = np.zeros((8, 32, width, 3), np.uint8)
+    frames[:, :, : width // 2] = (200, 30, 30)
+    path = write_video(tmp_path / "narrow.mp4", frames, fps=8)
+    video = decode_video(str(path), StoreOptions())
+    assert (video.width, video.height) == (width, 32) and len(video.jpegs) == 4
+    assert decode_jpeg(video.jpegs[0]).shape == (32, width, 3)
