@@ -24,7 +24,7 @@ import torch
 from clipbert.batches import make_batch
 from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, build_model, save_checkpoint
 from clipbert.config import Config, config_from_dict, config_to_dict
-from clipbert.data import Row, build_ans2label, load_ans2label, load_annotations
+from clipbert.data import LoadReport, Row, build_ans2label, load_ans2label, load_annotations
 from clipbert.evaluation import autocast, evaluate
 from clipbert.frames import FrameStore
 from clipbert.losses import contrastive_loss, task_loss
@@ -33,6 +33,9 @@ from clipbert.model import apply_lr, build_optimizer
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"  # optimiser / scaler state, step and epoch, next to the model weights
+FAULT_ENV = "CLIPBERT_FAULT_AT_STEP"  # fault injection for tests: the last rank exits once at this optimiser step
+FAULT_GRACE_S = 6.0  # the injected fault waits this long: Ray Train registers a checkpoint only once its controller
+# has polled every rank's report (every 2 s), so an earlier exit could lose the checkpoint just reported
 MIN_CPUS_PER_WORKER = 0.25  # below this a CPU training worker makes no useful progress
 
 
@@ -44,6 +47,7 @@ class TaskData:
     val: list[Row]
     val_mc: list[Row]  # optional multiple-choice rows scored with the retrieval head
     num_answers: int  # QA label count (0 for other tasks)
+    reports: list[LoadReport] = dataclasses.field(default_factory=list)  # what each annotation file kept/skipped
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -54,6 +58,8 @@ def prepare_task(cfg: Config) -> TaskData:
         FileNotFoundError: the frame store, an annotation file or the tokenizer is missing.
         ValueError: a file leaves no usable row.
     """
+    if not Path(cfg.data.frame_store).is_dir():
+        raise FileNotFoundError(f"data.frame_store: no such frame-store directory: {cfg.data.frame_store!r}")
     store = FrameStore(cfg.data.frame_store)
     known = set(store.ids())
     tokenizer = Path(cfg.data.tokenizer)
@@ -68,8 +74,9 @@ def prepare_task(cfg: Config) -> TaskData:
             ans2label = load_ans2label(cfg.data.ans2label_file)
         else:
             ans2label = build_ans2label(load_annotations(cfg.data.train_file, known_video_ids=known)[0])
-    train, _ = load_annotations(cfg.data.train_file, known_video_ids=known, ans2label=ans2label)
-    val, _ = load_annotations(cfg.data.val_file, known_video_ids=known, ans2label=ans2label)
+    train, train_report = load_annotations(cfg.data.train_file, known_video_ids=known, ans2label=ans2label)
+    val, val_report = load_annotations(cfg.data.val_file, known_video_ids=known, ans2label=ans2label)
+    reports = [train_report, val_report]
     if cfg.data.task == "qa":
         unseen = sum(r["label"] < 0 for r in train)
         if unseen:
@@ -77,8 +84,9 @@ def prepare_task(cfg: Config) -> TaskData:
         train = [r for r in train if r["label"] >= 0]
     val_mc = []
     if cfg.data.val_mc_file:
-        val_mc, _ = load_annotations(cfg.data.val_mc_file, known_video_ids=known)
-    return TaskData(train, val, val_mc, len(ans2label) if ans2label else 0)
+        val_mc, mc_report = load_annotations(cfg.data.val_mc_file, known_video_ids=known)
+        reports.append(mc_report)
+    return TaskData(train, val, val_mc, len(ans2label) if ans2label else 0, reports)
 
 
 def plan_resources(cluster: dict[str, float], num_workers: int, use_gpu: bool) -> tuple[float, float]:
@@ -126,7 +134,9 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
     cfg_dict = config_to_dict(cfg)
     negatives = (np.array([r["video_id"] for r in task.train]), np.array([r["texts"][0] for r in task.train]))
     rows = [{k: r[k] for k in ("example_id", "video_id", "texts", "label")} for r in task.train]
-    ds = ray.data.from_items(rows).random_shuffle(seed=None)
+    # the shuffle tasks take the data stage's CPU share too: at their default of 1 CPU they fit no node where the
+    # training workers hold part of the only CPU (two 1-CPU nodes, 2 workers), and the run would wait forever
+    ds = ray.data.from_items(rows).random_shuffle(seed=None, num_cpus=data_cpus)
     ds = ds.map_batches(make_batch, batch_size=cfg.optim.batch_size, num_cpus=data_cpus,
                         fn_kwargs={"cfg": cfg_dict, "train": True, "negatives": negatives})
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
@@ -135,6 +145,7 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
         "cfg": cfg_dict, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "val_rows": task.val, "val_mc_rows": task.val_mc,
         "tensorboard_dir": str(run_dir / "tensorboard") if run_dir else None,
+        "fault_at_step": int(os.environ.get(FAULT_ENV, "0")),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -199,14 +210,33 @@ def check_storage(storage_path: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ worker
 @dataclasses.dataclass
+class _Window:
+    """Throughput counters of one worker over a time window (between log lines, or between evaluations)."""
+
+    samples: int = 0  # training rows seen by this worker
+    wait_s: float = 0.0  # time spent waiting for the next batch
+    since: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def rates(self, world: int) -> tuple[float, float]:
+        """(samples/s of all workers, assuming equal shards; fraction of the window spent waiting for data)."""
+        elapsed = max(time.perf_counter() - self.since, 1e-9)
+        return self.samples * world / elapsed, self.wait_s / elapsed
+
+
+@dataclasses.dataclass
 class _Progress:
     step: int = 0  # optimiser steps done
     epoch: int = 0  # passes over the data started
-    samples: int = 0  # training rows seen by this worker since the last log line
+    resumed_from: int = 0  # step of the checkpoint this attempt started from (0 = fresh start)
     loss_sum: float = 0.0
     loss_count: int = 0
-    wait_s: float = 0.0  # time spent waiting for the next batch since the last log line
-    since: float = dataclasses.field(default_factory=time.perf_counter)
+    log: _Window = dataclasses.field(default_factory=_Window)  # since the last log line
+    report: _Window = dataclasses.field(default_factory=_Window)  # since the last evaluation
+
+    def add(self, samples: int, wait_s: float) -> None:
+        for window in (self.log, self.report):
+            window.samples += samples
+            window.wait_s += wait_s
 
 
 def _precision(cfg: Config, device: torch.device) -> str:
@@ -228,7 +258,7 @@ def _restore(ckpt, model: torch.nn.Module, optimizer, scaler, device: torch.devi
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     logger.info("resumed from step %d (epoch %d)", state["step"], state["epoch"])
-    return _Progress(step=int(state["step"]), epoch=int(state["epoch"]))
+    return _Progress(step=int(state["step"]), epoch=int(state["epoch"]), resumed_from=int(state["step"]))
 
 
 def _loss(model, cfg: Config, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -245,8 +275,13 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: sparse-clip finetuning with AMP, DDP, grad accumulation, evaluation and checkpoints.
 
     ``config`` keys: ``cfg`` (config_to_dict), ``steps_per_epoch``, ``total_steps``, ``val_rows``,
-    ``val_mc_rows``, ``tensorboard_dir`` (or None). Every evaluation is reported by every rank through
+    ``val_mc_rows``, ``tensorboard_dir`` (or None), optional ``fault_at_step`` (fault injection for tests, set
+    from the CLIPBERT_FAULT_AT_STEP environment variable of the driver: the last rank exits abruptly at that
+    step in an attempt that did not start from a checkpoint). Every evaluation is reported by every rank through
     ``ray.train.report``; rank 0 attaches the checkpoint (model.safetensors + config.json + train_state.pt).
+    Reported metrics: the validation metrics, ``step``, ``epoch``, ``eval_s``, ``train_samples_per_s`` (all
+    workers, since the previous evaluation), ``data_wait_fraction`` (of rank 0's time since the previous
+    evaluation spent waiting for the next batch) and ``resumed_from_step`` (0 unless restored from a checkpoint).
     """
     import ray.train
     import ray.train.torch
@@ -278,18 +313,19 @@ def train_loop_per_worker(config: dict) -> None:
         micro, batches = 0, 0
         tick = time.perf_counter()
         for batch in shard.iter_torch_batches(batch_size=cfg.optim.batch_size, drop_last=True, device=device):
-            progress.wait_s += time.perf_counter() - tick
+            waited = time.perf_counter() - tick
             batches += 1
             micro += 1
             sync = micro % accum == 0
             with (ddp.no_sync() if (world > 1 and not sync) else _null()), autocast(device, precision):
                 loss = _loss(ddp, cfg, batch)
             scaler.scale(loss / accum).backward()
-            progress.samples += batch["label"].shape[0]
+            progress.add(batch["label"].shape[0], waited)
             progress.loss_sum, progress.loss_count = progress.loss_sum + loss.item(), progress.loss_count + 1
             if sync:
                 lrs = _optimizer_step(optimizer, scaler, params, cfg, progress.step, total)
                 progress.step += 1
+                _maybe_inject_fault(config.get("fault_at_step"), progress, rank, world)
                 if rank == 0 and progress.step % cfg.train.log_every_steps == 0:
                     _log(progress, lrs, world, writer)
                 if progress.step % cfg.train.eval_every_steps == 0 or progress.step == total:
@@ -321,18 +357,24 @@ def _optimizer_step(optimizer, scaler, params, cfg: Config, step: int, total: in
 
 
 def _log(progress: _Progress, lrs: list[float], world: int, writer) -> None:
-    elapsed = time.perf_counter() - progress.since
     loss = progress.loss_sum / max(progress.loss_count, 1)
-    rate = progress.samples * world / elapsed
-    wait = progress.wait_s / elapsed
+    rate, wait = progress.log.rates(world)
     logger.info("step %d epoch %d loss %.4f lr %.2e samples/s %.1f data-wait %.0f%%",
                 progress.step, progress.epoch, loss, max(lrs), rate, 100 * wait)
     if writer:
         for key, value in {"train/loss": loss, "train/lr": max(lrs), "train/samples_per_s": rate,
                            "train/data_wait_fraction": wait}.items():
             writer.add_scalar(key, value, progress.step)
-    progress.samples, progress.loss_sum, progress.loss_count, progress.wait_s = 0, 0.0, 0, 0.0
-    progress.since = time.perf_counter()
+    progress.loss_sum, progress.loss_count, progress.log = 0.0, 0, _Window()
+
+
+def _maybe_inject_fault(fault_at_step: int | None, progress: _Progress, rank: int, world: int) -> None:
+    """Fault injection for tests: the last rank exits abruptly at ``fault_at_step``, once per run (only in an
+    attempt that did not start from a checkpoint, so the restored attempt goes past it)."""
+    if fault_at_step and progress.step == fault_at_step and progress.resumed_from == 0 and rank == world - 1:
+        logger.error("fault injection: rank %d exits at step %d in %.0f s", rank, progress.step, FAULT_GRACE_S)
+        time.sleep(FAULT_GRACE_S)
+        os._exit(1)
 
 
 def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, world, device, writer) -> None:
@@ -340,9 +382,11 @@ def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, 
 
     metrics: dict[str, Any] = {}
     if rank == 0:
+        rate, wait = progress.report.rates(world)
         start = time.perf_counter()
         metrics = evaluate(model, cfg, config["val_rows"], device, mc_rows=config["val_mc_rows"])
-        metrics.update(step=progress.step, epoch=progress.epoch, eval_s=time.perf_counter() - start)
+        metrics.update(step=progress.step, epoch=progress.epoch, eval_s=time.perf_counter() - start,
+                       train_samples_per_s=rate, data_wait_fraction=wait, resumed_from_step=progress.resumed_from)
         logger.info("eval at step %d: %s", progress.step,
                     ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float)))
         if writer:
@@ -360,6 +404,7 @@ def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, 
                         "step": progress.step, "epoch": progress.epoch}, Path(tmp) / STATE_NAME)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
+    progress.report = _Window()
 
 
 def _tensorboard(log_dir: str | None):

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny synthetic corpus with its tokenizer and frame store (built once), and a local Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from clipbert import frames as fs
+from clipbert.config import Config, load_config
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # CLI clients (ray job submit) and the drivers agree
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyCorpus:
+    """A synthesized corpus (root/txt/*.jsonl, root/videos) with root/tokenizer and root/frames."""
+
+    root: Path
+    train_ids: tuple[str, ...]  # videos of the train split
+    val_ids: tuple[str, ...]  # videos of the val split
+
+    @property
+    def frames(self) -> Path:
+        return self.root / "frames"
+
+    def config(self, preset: str = "synthetic_tiny", *overrides: str) -> Config:
+        """The preset on this corpus, sized for fast tests (2 workers x 2 videos per step), then `overrides`."""
+        base = [f"data.root={self.root}", "optim.batch_size=2", "optim.num_epochs=1", "train.eval_every_steps=2",
+                "train.log_every_steps=1", "train.num_workers=2", "train.keep_checkpoints=10"]
+        return load_config(preset, [*base, *overrides])
+
+
+def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> None:
+    """The frame store of every video under `videos`, written in-process (no Ray), one shard."""
+    from pipelines.preprocess import decode_batch, list_videos
+
+    inputs = list_videos(str(videos)).inputs
+    decoded = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
+                           options=dataclasses.asdict(options))
+    out.mkdir(parents=True)
+    fs.write_header(out, options)
+    writer = fs.ShardWriter(out / fs.SHARDS_DIR / "r000-00000")
+    jpegs = decoded.pop("jpegs")
+    for video_id, status, frames in zip(decoded["video_id"], decoded["status"], jpegs):
+        assert status == "ok", video_id
+        writer.put_video(video_id, frames)
+    rows = pa.Table.from_pydict({**decoded, "shard": ["r000-00000"] * len(jpegs)})
+    writer.finish(rows)
+    fs.write_manifest(out, fs.read_shard_rows(out))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> TinyCorpus:
+    """24 short 160x120 videos (20 train, 4 val), their tokenizer and frame store; about 5 s to build."""
+    from clipbert.synthetic import synthesize_corpus
+    from clipbert.text import write_vocab
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    info = synthesize_corpus(root, n_videos=24, seed=7, val_videos=4, test_videos=0, min_duration=2.0,
+                             max_duration=3.0, sizes=[(160, 120)], fps_choices=[10])
+    write_vocab(info.vocab_path.read_text().split(), root / "tokenizer")
+    _build_frame_store(root / "videos", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    return TinyCorpus(root, tuple(info.splits["train"]), tuple(info.splits["val"]))
+
+
+def pick_free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """`pick_free_port`, for Ray processes started by tests (so they never collide with another Ray)."""
+    return pick_free_port
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local 2-CPU Ray for one test module, without Ray Data progress bars.
+
+    The dashboard runs on a free port: Ray Train's placement-group cleaner asks the State API whether the run's
+    controller is alive, and without a dashboard of its own it can reach another Ray's on the default port, not
+    find the controller there, and remove the run's placement group.
+    """
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=pick_free_port())
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

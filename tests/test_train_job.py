@@ -1,0 +1,166 @@
+"""Tests of jobs/train.py: exit codes and messages on bad input, a two-node run, and `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from jobs import train as job
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _args(corpus, storage: Path, *extra: str) -> list[str]:
+    """A short 2-worker run of the synthetic_tiny preset on the tiny corpus."""
+    return ["--config", "synthetic_tiny", "--set", f"data.root={corpus.root}", "--set", "optim.batch_size=2",
+            "--set", "optim.num_epochs=1", "--set", "train.eval_every_steps=2", "--num-workers", "2",
+            "--storage-path", str(storage), *extra]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(free_port):
+    """A Ray cluster of two 1-CPU nodes on this machine, with this process connected to it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def test_unknown_config_key_names_the_nearest_key(tiny_corpus, tmp_path, capsys):
+    code = job.main(_args(tiny_corpus, tmp_path, "--set", "optim.lrr=1e-4"))
+    assert code == 2
+    assert "unknown config key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "data.frame_store=/nonexistent/frames"], "data.frame_store: no such frame-store directory"),
+        (["--storage-path", "/proc/clipbert_runs"], "--storage-path /proc/clipbert_runs is not writable"),
+        (["--num-workers", "16"], "--num-workers 16 cannot be placed: the cluster has 2 CPUs"),
+        (["--num-workers", "1", "--gpu"], "--num-workers 1 needs 1 GPUs; the cluster has 0"),
+    ],
+    ids=["missing_frame_store", "unwritable_storage", "too_many_workers", "no_gpu"],
+)
+def test_bad_input_exits_2_with_a_message(two_nodes, tiny_corpus, tmp_path, capsys, extra, message):
+    code = job.main(_args(tiny_corpus, tmp_path, "--address", two_nodes.address, *extra))
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "synthetic_tiny").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------------------------------- multi-node
+@pytest.mark.slow
+def test_spread_run_places_one_worker_on_each_node(two_nodes, tiny_corpus, tmp_path):
+    from ray.util.state import list_actors
+
+    code = job.main(_args(tiny_corpus, tmp_path, "--address", two_nodes.address, "--name", "spread",
+                          "--set", "train.placement_strategy=SPREAD"))
+    assert code == 0
+    final = json.loads((tmp_path / "spread" / "final_metrics.json").read_text())
+    assert final["last"]["step"] == 5 and Path(final["exported"], "model.safetensors").is_file()
+    workers = list_actors(address=two_nodes.address, filters=[("class_name", "=", "RayTrainWorker")])
+    nodes = {n.node_id for n in [two_nodes.head_node, *two_nodes.worker_nodes]}
+    assert len(workers) == 2
+    assert {w.node_id for w in workers} == nodes
+
+
+# ------------------------------------------------------------------------------------- ray job submit
+@pytest.fixture
+def ray_head(free_port, tmp_path):
+    """`ray start --head --block` from the venv on free ports, with its own temp dir; stopped in teardown.
+
+    The head is stopped by signalling its own process group rather than with `ray stop`, which would stop every
+    Ray on the machine.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    dashboard = free_port()
+    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
+             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+           *(f"{k}={v}" for k, v in ports.items())]
+    log = open(tmp_path / "ray_head.log", "w")
+    head = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for(f"{url}/api/version", head, tmp_path / "ray_head.log")
+        yield url, env
+    finally:
+        _stop_group(head)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for(url: str, head: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"the Ray head did not serve {url} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to the process group that `proc` leads (it and the Ray processes it started)."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the leader is gone; make sure the rest of its group is too
+            time.sleep(1)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_train_to_completion(ray_head, tiny_corpus, tmp_path):
+    url, env = ray_head
+    storage = tmp_path / "runs"
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",
+           "python", "jobs/train.py", *_args(tiny_corpus, storage, "--name", "submitted")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "succeeded" in output, output[-4000:]
+    final = json.loads((storage / "submitted" / "final_metrics.json").read_text())
+    assert final["last"]["step"] == 5
+    assert final["best"]["t2v_r1"] >= final["last"]["t2v_r1"]
+    assert Path(final["exported"], "model.safetensors").is_file()

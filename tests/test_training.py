@@ -1,0 +1,254 @@
+"""Tests of clipbert/training.py (resource plan, schedule, task preparation, Ray Train runs) and clipbert/batches.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipbert import training
+from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch
+from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.config import config_to_dict
+from clipbert.data import load_ans2label, load_annotations
+from clipbert.text import load_tokenizer, tokenize
+
+
+# ------------------------------------------------------------------------------------------- resource plan
+@pytest.mark.parametrize(
+    "cluster, workers, gpu, expected",
+    [
+        ({"CPU": 16.0}, 4, False, (1.0, 1.0)),  # room for one CPU each and the data stage
+        ({"CPU": 3.0}, 2, False, (1.0, 1.0)),
+        ({"CPU": 2.0}, 1, False, (1.0, 1.0)),
+        ({"CPU": 2.0}, 2, False, (0.5, 0.5)),  # this machine: 2 x 0.5 + 0.5 for the data stage
+        ({"CPU": 2.0}, 4, False, (0.25, 0.5)),
+        ({"CPU": 1.0}, 1, False, (0.5, 0.5)),
+        ({"CPU": 32.0, "GPU": 4.0}, 4, True, (1.0, 1.0)),
+    ],
+)
+def test_plan_resources_fits_workers_and_data_stage(cluster, workers, gpu, expected):
+    per_worker, data = training.plan_resources(cluster, workers, gpu)
+    assert (per_worker, data) == expected
+    assert per_worker * workers + data <= cluster["CPU"]
+
+
+@pytest.mark.parametrize(
+    "cluster, workers, gpu, message",
+    [
+        ({"CPU": 2.0}, 5, False, r"--num-workers 5 cannot be placed: the cluster has 2 CPUs.*at most 4 workers"),
+        ({"CPU": 2.0}, 64, False, r"--num-workers 64 cannot be placed"),
+        ({"CPU": 8.0, "GPU": 1.0}, 2, True, r"--num-workers 2 needs 2 GPUs; the cluster has 1"),
+        ({"CPU": 8.0}, 1, True, r"needs 1 GPUs; the cluster has 0"),
+        ({"CPU": 8.0}, 0, False, r"--num-workers must be >= 1"),
+    ],
+)
+def test_plan_resources_refuses_what_cannot_be_placed(cluster, workers, gpu, message):
+    with pytest.raises(ValueError, match=message):
+        training.plan_resources(cluster, workers, gpu)
+
+
+@pytest.mark.parametrize(
+    "rows, batch, workers, accum, epochs, expected",
+    [
+        (32, 4, 2, 1, 2.0, (4, 8)),
+        (32, 4, 2, 2, 2.0, (2, 4)),  # grad accumulation: fewer optimiser steps
+        (33, 4, 2, 1, 1.5, (4, 6)),  # a partial last step is dropped; fractional epochs round up
+        (32, 4, 1, 1, 0.1, (8, 1)),  # at least one step
+        (1000, 16, 8, 1, 20.0, (7, 140)),
+    ],
+)
+def test_schedule_table(tiny_corpus, rows, batch, workers, accum, epochs, expected):
+    cfg = tiny_corpus.config("synthetic_tiny", f"optim.batch_size={batch}", f"optim.grad_accum_steps={accum}",
+                             f"optim.num_epochs={epochs}")
+    assert training.schedule(cfg, rows, workers) == expected
+
+
+def test_schedule_refuses_too_few_rows(tiny_corpus):
+    cfg = tiny_corpus.config("synthetic_tiny", "optim.batch_size=4")
+    with pytest.raises(ValueError, match=r"7 training rows do not fill one step of 8"):
+        training.schedule(cfg, 7, 2)
+
+
+# ------------------------------------------------------------------------------------------- make_batch
+def _columns(rows: list[dict]) -> dict:
+    """A Ray Data style column batch of annotation rows."""
+    return {k: [r[k] for r in rows] for k in ("example_id", "video_id", "texts", "label")}
+
+
+def _check_batch(out: dict, b: int, n: int, t: int, k: int, size: int, max_len: int) -> None:
+    assert set(out) == set(BATCH_KEYS)
+    assert out["frames"].shape == (b, n, t, 3, size, size) and out["frames"].dtype == np.uint8
+    assert out["input_ids"].shape == (b, k, max_len) and out["input_ids"].dtype == np.int64
+    assert out["attention_mask"].shape == (b, k, max_len) and out["attention_mask"].dtype == np.int64
+    assert out["label"].shape == (b,) and out["label"].dtype == np.int64
+    assert out["example_id"].shape == (b,) and out["example_id"].dtype == np.int64
+    assert out["frames"].max() > 0
+
+
+def test_make_batch_retrieval_draws_negatives_of_other_videos(tiny_corpus):
+    cfg = tiny_corpus.config("synthetic_tiny", "data.itm_neg_size=3")
+    rows, _ = load_annotations(cfg.data.train_file)
+    rows = rows[:4]
+    # a pool dominated by the batch's own videos: without the "other video" rule most draws would be wrong
+    pool = rows * 20 + load_annotations(cfg.data.train_file)[0][4:6]
+    pool_videos = np.array([r["video_id"] for r in pool])
+    pool_captions = np.array([r["texts"][0] for r in pool])
+    out = make_batch(_columns(rows), cfg=config_to_dict(cfg), train=True, negatives=(pool_videos, pool_captions),
+                     seed=0)
+    s = cfg.sampling
+    _check_batch(out, 4, s.train_n_clips, s.num_frames, 4, cfg.model.img_size, cfg.data.max_txt_len)
+    assert out["label"].tolist() == [0, 0, 0, 0]  # the positive caption is text 0
+    assert out["example_id"].tolist() == [r["example_id"] for r in rows]
+    tok = load_tokenizer(cfg.data.tokenizer)
+    owner = {tuple(ids): v for v, ids in zip(pool_videos, tokenize(tok, list(pool_captions), cfg.data.max_txt_len)["input_ids"])}
+    for row, ids in zip(rows, out["input_ids"]):
+        assert owner[tuple(ids[0])] == row["video_id"]
+        assert all(owner[tuple(neg)] != row["video_id"] for neg in ids[1:])
+
+
+def test_draw_negatives_never_picks_the_same_video():
+    rng = np.random.default_rng(0)
+    videos = np.array(["a"] * 50 + ["b", "c"])
+    captions = np.array([f"a{i}" for i in range(50)] + ["b0", "c0"])
+    negs = draw_negatives(["a", "b"], videos, captions, 5, rng)
+    assert [len(n) for n in negs] == [5, 5]
+    assert set(negs[0]) <= {"b0", "c0"}
+    assert "b0" not in negs[1]
+
+
+def test_make_batch_pads_frames_bottom_for_landscape_videos(tiny_corpus):
+    cfg = tiny_corpus.config("synthetic_tiny")
+    rows, _ = load_annotations(cfg.data.val_file)
+    out = make_batch(_columns(rows[:2]), cfg=config_to_dict(cfg), train=False)
+    size = cfg.model.img_size
+    content = round(size * 120 / 160)  # 160x120 frames: longer side to S, the rest zero padding at the bottom
+    assert out["frames"].shape[1] == cfg.sampling.inference_n_clips
+    assert (out["frames"][..., content + 1:, :] == 0).all()
+    assert out["frames"][..., : content - 1, :].mean() > 1
+
+
+def test_make_batch_multiple_choice(tiny_corpus):
+    cfg = tiny_corpus.config("tiny_mc", "data.frame_store=frames", "data.tokenizer=tokenizer",
+                             "data.train_file=txt/mc_train.jsonl", "data.val_file=txt/mc_val.jsonl")
+    rows, _ = load_annotations(cfg.data.val_file)
+    out = make_batch(_columns(rows[:3]), cfg=config_to_dict(cfg), train=True, seed=1)
+    s = cfg.sampling
+    _check_batch(out, 3, s.train_n_clips, s.num_frames, 5, cfg.model.img_size, cfg.data.max_txt_len)
+    assert out["label"].tolist() == [r["label"] for r in rows[:3]]  # the answer option, untouched
+    texts = tokenize(load_tokenizer(cfg.data.tokenizer), rows[0]["texts"], cfg.data.max_txt_len)["input_ids"]
+    np.testing.assert_array_equal(out["input_ids"][0], texts)
+
+
+def test_make_batch_open_ended_qa(tiny_corpus):
+    cfg = tiny_corpus.config("synthetic_tiny_qa")
+    ans2label = load_ans2label(cfg.data.ans2label_file)
+    rows, _ = load_annotations(cfg.data.train_file, ans2label=ans2label)
+    out = make_batch(_columns(rows[:4]), cfg=config_to_dict(cfg), train=True, seed=2)
+    s = cfg.sampling
+    _check_batch(out, 4, s.train_n_clips, s.num_frames, 1, cfg.model.img_size, cfg.data.max_txt_len)
+    assert out["label"].tolist() == [ans2label[r["answer"]] for r in rows[:4]]
+
+
+def test_make_batch_draws_fresh_clips_unless_seeded(tiny_corpus):
+    cfg = config_to_dict(tiny_corpus.config("synthetic_tiny"))
+    rows, _ = load_annotations(tiny_corpus.root / "txt" / "retrieval_train.jsonl")
+    batch = _columns(rows[:4])
+    fresh = [make_batch(batch, cfg=cfg, train=True)["frames"] for _ in range(2)]
+    assert not np.array_equal(*fresh)
+    seeded = [make_batch(batch, cfg=cfg, train=True, seed=5)["frames"] for _ in range(2)]
+    np.testing.assert_array_equal(*seeded)
+    inference = [make_batch(batch, cfg=cfg, train=False)["frames"] for _ in range(2)]
+    np.testing.assert_array_equal(*inference)  # uniform clips: the same every time
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def test_prepare_task_counts_broken_lines_and_unknown_videos(tiny_corpus, tmp_path):
+    lines = (tiny_corpus.root / "txt" / "retrieval_train.jsonl").read_text().splitlines()
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("\n".join([lines[0], '{"clip_name": "video00001", "caption": ', *lines[1:],
+                              json.dumps({"clip_name": "no_such_video", "caption": "a red circle"})]) + "\n")
+    cfg = tiny_corpus.config("synthetic_tiny", f"data.train_file={bad}")
+    task = training.prepare_task(cfg)
+    assert len(task.train) == len(lines)
+    report = task.reports[0]
+    assert report.num_lines == len(lines) + 2
+    assert report.skipped == {"bad_json": 1, "unknown_video": 1}
+    assert any("no_such_video" in p for p in report.problems)
+    assert len(task.val) == len(tiny_corpus.val_ids) and task.val_mc
+
+
+def test_prepare_task_missing_frame_store(tiny_corpus, tmp_path):
+    cfg = tiny_corpus.config("synthetic_tiny", f"data.frame_store={tmp_path / 'nowhere'}")
+    with pytest.raises(FileNotFoundError, match=r"data.frame_store: no such frame-store directory: .*nowhere"):
+        training.prepare_task(cfg)
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_check_storage_refuses_unwritable_paths(tmp_path, where):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("")
+        path = str(tmp_path / "file" / "runs")
+    else:
+        path = "/proc/clipbert_runs"
+    with pytest.raises(PermissionError, match="is not writable"):
+        training.check_storage(path)
+
+
+def test_check_storage_creates_a_missing_directory(tmp_path):
+    training.check_storage(str(tmp_path / "a" / "b"))
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+# ----------------------------------------------------------------------------------- Ray Train runs
+def _reported(result) -> list[dict]:
+    """Every reported evaluation of a fit (all are kept: keep_checkpoints >= evaluations), by step."""
+    return sorted((m for _, m in result.best_checkpoints), key=lambda m: m["step"])
+
+
+@pytest.mark.slow
+def test_two_worker_run_exports_the_best_checkpoint_then_resumes(ray_local, tiny_corpus, tmp_path):
+    storage = str(tmp_path / "runs")
+    cfg = tiny_corpus.config("synthetic_tiny")  # 20 rows / (2 workers x 2) = 5 steps, evaluations at 2, 4, 5
+    final = training.run_training(cfg, storage_path=storage, name="run")
+
+    run_dir = Path(storage) / "run"
+    written = json.loads((run_dir / "final_metrics.json").read_text())
+    assert written["metric"] == "t2v_r1" and written["step"] == written["best"]["step"] == final["step"]
+    assert written["step"] in (2, 4, 5) and written["last"]["step"] == 5
+    assert written["best"]["t2v_r1"] >= written["last"]["t2v_r1"]
+    for key in ("t2v_r1", "v2t_r1", "itc_t2v_r1", "mc_acc", "train_samples_per_s", "data_wait_fraction"):
+        assert key in written["best"], key
+    assert written["best"]["train_samples_per_s"] > 0 and 0 <= written["best"]["data_wait_fraction"] <= 1
+    assert written["best"]["resumed_from_step"] == 0
+    best = Path(written["exported"])
+    assert best == run_dir / "best" and sorted(p.name for p in best.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    model, loaded_cfg = load_checkpoint(best)
+    assert loaded_cfg.model == cfg.model and loaded_cfg.data.frame_store == cfg.data.frame_store
+    source = load_file(str(Path(written["checkpoint"]) / WEIGHTS_NAME))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, source[key], rtol=0, atol=0)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    # the same storage and name with more epochs: continues from step 5 to step 10
+    more = tiny_corpus.config("synthetic_tiny", "optim.num_epochs=2")
+    result = training.build_trainer(more, training.prepare_task(more), storage_path=storage, name="run").fit()
+    assert result.error is None
+    resumed = [m for m in _reported(result) if m["resumed_from_step"] > 0]
+    assert [m["step"] for m in resumed] == [6, 8, 10]
+    assert all(m["resumed_from_step"] == 5 for m in resumed)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_local, tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv(training.FAULT_ENV, "4")  # rank 1 exits at step 4, after the checkpoint of step 2
+    cfg = tiny_corpus.config("synthetic_tiny", "train.max_failures=1")
+    result = training.build_trainer(cfg, training.prepare_task(cfg), storage_path=str(tmp_path), name="faulty").fit()
+    assert result.error is None
+    reported = _reported(result)
+    assert [(m["step"], m["resumed_from_step"]) for m in reported] == [(2, 0), (4, 2), (5, 2)]
