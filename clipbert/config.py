@@ -285,15 +285,24 @@ def config_from_dict(values: dict) -> Config:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Split "section.key=value"; the value goes through ast.literal_eval and stays a string if that fails."""
+    """Split "section.key=value"; the value goes through ast.literal_eval and stays a string if that fails.
+
+    For string fields (e.g. data.tokenizer=2024) the raw text is kept even when it parses as something else.
+    """
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    key = key.strip()
+    key, raw = key.strip(), raw.strip()
     try:
-        value = ast.literal_eval(raw.strip())
+        value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw.strip()
+        value = raw
+    section, _, name = key.partition(".")
+    if section in SECTIONS and value is not None and not isinstance(value, str):
+        hint = typing.get_type_hints(SECTIONS[section]).get(name)
+        if hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                           and str in typing.get_args(hint) and len(typing.get_args(hint)) == 2):
+            value = raw
     return key, value
 
 

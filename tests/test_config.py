@@ -74,6 +74,9 @@ def test_overrides_parse_types():
     assert c.model.resnet_depths == (2, 2, 2) and c.data.tokenizer == "/some/dir" and c.train.use_gpu is True
     assert c.model.bert_dir is None
     assert parse_override("data.val_file=a=b.jsonl") == ("data.val_file", "a=b.jsonl")
+    assert parse_override("data.tokenizer=2024") == ("data.tokenizer", "2024")  # str field keeps the text
+    assert parse_override("model.bert_dir=123") == ("model.bert_dir", "123")
+    assert parse_override("model.bert_dir=None") == ("model.bert_dir", None)
 
 
 @pytest.mark.parametrize("key, nearest", [("optim.lrr", "optim.lr"), ("model.hiden_size", "model.hidden_size"),

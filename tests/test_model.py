@@ -250,7 +250,7 @@ def test_few_steps_drive_loss_down(head, k):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses
 
 
 def test_frozen_parts_bit_identical_after_step():
