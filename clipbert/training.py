@@ -37,6 +37,9 @@ FAULT_ENV = "CLIPBERT_FAULT_AT_STEP"  # fault injection for tests: the last rank
 FAULT_GRACE_S = 6.0  # the injected fault waits this long: Ray Train registers a checkpoint only once its controller
 # has polled every rank's report (every 2 s), so an earlier exit could lose the checkpoint just reported
 MIN_CPUS_PER_WORKER = 0.25  # below this a CPU training worker makes no useful progress
+IDLE_WORKERS_ENV = "RAY_num_workers_soft_limit"  # Ray's limit of worker processes kept alive (see keep_idle_workers)
+BATCHES_PER_BLOCK = 8  # annotation rows per Ray Data block = batch_size x this (see build_trainer)
+MAX_BLOCKS = 200  # Ray Data's default parallelism
 
 
 @dataclasses.dataclass
@@ -89,6 +92,17 @@ def prepare_task(cfg: Config) -> TaskData:
     return TaskData(train, val, val_mc, len(ans2label) if ans2label else 0, reports)
 
 
+def keep_idle_workers(minimum: int = 32) -> None:
+    """Before this process starts a local Ray: let it keep up to max(minimum, CPUs) idle worker processes.
+
+    Ray's default limit is one worker process per CPU, counting every actor; with the training workers and Ray
+    Train's and Ray Data's own actors a small machine is always over it, so the data stage's idle task workers
+    are killed a second after each epoch or evaluation, and the next epoch waits seconds for new ones to import
+    torch. No effect on a cluster this process only connects to: set the variable where `ray start` runs.
+    """
+    os.environ.setdefault(IDLE_WORKERS_ENV, str(max(minimum, os.cpu_count() or 1)))
+
+
 def plan_resources(cluster: dict[str, float], num_workers: int, use_gpu: bool) -> tuple[float, float]:
     """(CPUs per training worker, CPUs per data task) so that workers AND the data stage fit the cluster.
 
@@ -134,9 +148,12 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
     cfg_dict = config_to_dict(cfg)
     negatives = (np.array([r["video_id"] for r in task.train]), np.array([r["texts"][0] for r in task.train]))
     rows = [{k: r[k] for k in ("example_id", "video_id", "texts", "label")} for r in task.train]
-    # the shuffle tasks take the data stage's CPU share too: at their default of 1 CPU they fit no node where the
-    # training workers hold part of the only CPU (two 1-CPU nodes, 2 workers), and the run would wait forever
-    ds = ray.data.from_items(rows).random_shuffle(seed=None, num_cpus=data_cpus)
+    # The shuffle re-runs every epoch and its tasks scale with the block count: from_items' default of one block per
+    # row (up to 200) costs seconds per epoch on small data. Blocks of a few batches keep it cheap; make_batch tasks
+    # (one per block) stay parallel on large data. The shuffle tasks take the data stage's CPU share: at their
+    # default of 1 CPU they fit no node where the workers hold part of the only CPU, and the run would wait forever.
+    num_blocks = max(1, min(MAX_BLOCKS, math.ceil(len(rows) / (cfg.optim.batch_size * BATCHES_PER_BLOCK))))
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks).random_shuffle(seed=None, num_cpus=data_cpus)
     ds = ds.map_batches(make_batch, batch_size=cfg.optim.batch_size, num_cpus=data_cpus,
                         fn_kwargs={"cfg": cfg_dict, "train": True, "negatives": negatives})
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}

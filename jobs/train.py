@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
-    from clipbert.training import run_training
+    from clipbert.training import keep_idle_workers, run_training
 
+    keep_idle_workers()  # only matters when ray.init below starts a local Ray
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     storage = args.storage_path if "://" in args.storage_path else os.path.abspath(args.storage_path)
     ray.init(address=args.address, num_cpus=args.num_cpus if args.address is None else None,

@@ -81,8 +81,22 @@ def free_port():
     return pick_free_port
 
 
+@pytest.fixture(scope="session")
+def ray_env():
+    """Environment for the Ray processes tests start: idle workers kept alive, as jobs/train.py asks."""
+    from clipbert.training import IDLE_WORKERS_ENV, keep_idle_workers
+
+    before = os.environ.get(IDLE_WORKERS_ENV)
+    keep_idle_workers()
+    yield dict(os.environ)
+    if before is None:
+        os.environ.pop(IDLE_WORKERS_ENV, None)
+    else:
+        os.environ[IDLE_WORKERS_ENV] = before
+
+
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(ray_env):
     """A local 2-CPU Ray for one test module, without Ray Data progress bars.
 
     The dashboard runs on a free port: Ray Train's placement-group cleaner asks the State API whether the run's

@@ -29,7 +29,7 @@ def _args(corpus, storage: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(free_port):
+def two_nodes(ray_env, free_port):
     """A Ray cluster of two 1-CPU nodes on this machine, with this process connected to it."""
     import ray
     from ray.cluster_utils import Cluster
@@ -88,14 +88,14 @@ def test_spread_run_places_one_worker_on_each_node(two_nodes, tiny_corpus, tmp_p
 
 # ------------------------------------------------------------------------------------- ray job submit
 @pytest.fixture
-def ray_head(free_port, tmp_path):
+def ray_head(ray_env, free_port, tmp_path):
     """`ray start --head --block` from the venv on free ports, with its own temp dir; stopped in teardown.
 
     The head is stopped by signalling its own process group rather than with `ray stop`, which would stop every
     Ray on the machine.
     """
     temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in ray_env.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
     dashboard = free_port()
     ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
@@ -131,23 +131,18 @@ def _wait_for(url: str, head: subprocess.Popen, log: Path, timeout_s: float = 12
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, to the process group that `proc` leads (it and the Ray processes it started)."""
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:  # the leader is gone; make sure the rest of its group is too
-            time.sleep(1)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return
+    """SIGTERM to `ray start` (it drains the node and stops the processes it started), then SIGKILL to whatever
+    is left of its process group."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 @pytest.mark.slow
