@@ -10,8 +10,14 @@ torch.utils.flop_counter, achieved FLOP/s and the model FLOPs utilisation agains
 (fp32 on CPU, bf16 on CUDA). Models: the full-size one (ResNet-50 at 448 px, BERT-base, N=8, T=2, B=1)
 and the tiny preset (N=8, T=2, B=4).
 
+On CPU the per-step FLOPs are identical in both modes; batching pays off where per-operator overhead
+dominates (small models, GPUs with kernel-launch latency). For the full-size model on a CPU, the 16 frames
+of 448 px in one pass are less cache-friendly than 2 at a time, so the per-clip loop can be as fast or faster.
+With more than one CPU thread on a busy machine, thread synchronisation makes the many small operators of
+the per-clip loop erratic: hence one thread by default.
+
 Usage:
-    python bench/model.py --output bench_results                 # CPU: tiny + full size, ~4-5 min on 2 idle cores
+    python bench/model.py --output bench_results                 # CPU: tiny + full size, ~5 min, 1 thread
     python bench/model.py --skip-full --output bench_results     # CPU: tiny preset only, ~1 min
     python bench/model.py --device cuda --batch-full 8 --steps 10 --output bench_results   # GPU, bf16
 """
@@ -142,7 +148,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-full", type=int, default=1, help="videos per step, full-size model")
     parser.add_argument("--batch-tiny", type=int, default=4, help="videos per step, tiny preset")
     parser.add_argument("--skip-full", action="store_true", help="only the tiny preset (quick check)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; 1 keeps figures stable on a shared machine (0 = torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     peak = matmul_peak(device, precision)
