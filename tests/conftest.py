@@ -91,21 +91,49 @@ def ray_env():
     yield dict(os.environ)
     if before is None:
         os.environ.pop(IDLE_WORKERS_ENV, None)
-    else:
-        os.environ[IDLE_WORKERS_ENV] = before
+
+
+def state_api_env(dashboard_port: int) -> dict[str, str]:
+    """Pins the State API of every process of a test Ray to that Ray's own dashboard.
+
+    Ray Train's placement-group cleaner asks the State API whether the run's controller is alive. Left to find a
+    cluster by itself it may reach another Ray on this machine (the latest one `ray start`ed), not find the
+    controller there, and remove the run's placement group mid-run.
+    """
+    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
 
 
 @pytest.fixture(scope="module")
 def ray_local(ray_env):
-    """A local 2-CPU Ray for one test module, without Ray Data progress bars.
-
-    The dashboard runs on a free port: Ray Train's placement-group cleaner asks the State API whether the run's
-    controller is alive, and without a dashboard of its own it can reach another Ray's on the default port, not
-    find the controller there, and remove the run's placement group.
-    """
+    """A local 2-CPU Ray for one test module (with its own dashboard), without Ray Data progress bars."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=pick_free_port())
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    port = pick_free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in state_api_env(port).items():
+            mp.setenv(key, value)
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_two_nodes(ray_env):
+    """A Ray cluster of two 1-CPU nodes on this machine (ray.cluster_utils.Cluster), this process connected."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    port = pick_free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in state_api_env(port).items():
+            mp.setenv(key, value)
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()

@@ -28,23 +28,6 @@ def _args(corpus, storage: Path, *extra: str) -> list[str]:
             "--storage-path", str(storage), *extra]
 
 
-@pytest.fixture(scope="module")
-def two_nodes(ray_env, free_port):
-    """A Ray cluster of two 1-CPU nodes on this machine, with this process connected to it."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-
-
 # ----------------------------------------------------------------------------------------- bad input
 def test_unknown_config_key_names_the_nearest_key(tiny_corpus, tmp_path, capsys):
     code = job.main(_args(tiny_corpus, tmp_path, "--set", "optim.lrr=1e-4"))
@@ -63,8 +46,8 @@ def test_unknown_config_key_names_the_nearest_key(tiny_corpus, tmp_path, capsys)
     ],
     ids=["missing_frame_store", "unwritable_storage", "too_many_workers", "no_gpu"],
 )
-def test_bad_input_exits_2_with_a_message(two_nodes, tiny_corpus, tmp_path, capsys, extra, message):
-    code = job.main(_args(tiny_corpus, tmp_path, "--address", two_nodes.address, *extra))
+def test_bad_input_exits_2_with_a_message(ray_two_nodes, tiny_corpus, tmp_path, capsys, extra, message):
+    code = job.main(_args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, *extra))
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "synthetic_tiny").exists()  # nothing ran
@@ -72,18 +55,25 @@ def test_bad_input_exits_2_with_a_message(two_nodes, tiny_corpus, tmp_path, caps
 
 # ---------------------------------------------------------------------------------------- multi-node
 @pytest.mark.slow
-def test_spread_run_places_one_worker_on_each_node(two_nodes, tiny_corpus, tmp_path):
+def test_spread_run_survives_a_killed_worker_on_the_second_node(ray_two_nodes, tiny_corpus, tmp_path, monkeypatch):
+    """One worker per node; rank 1 dies at step 4, after the checkpoint of step 2; the restarted worker group
+    (again one worker per node) resumes from that checkpoint and finishes."""
     from ray.util.state import list_actors
 
-    code = job.main(_args(tiny_corpus, tmp_path, "--address", two_nodes.address, "--name", "spread",
-                          "--set", "train.placement_strategy=SPREAD"))
+    from clipbert.training import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "4")
+    code = job.main(_args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, "--name", "spread",
+                          "--set", "train.placement_strategy=SPREAD", "--set", "train.max_failures=1"))
     assert code == 0
     final = json.loads((tmp_path / "spread" / "final_metrics.json").read_text())
-    assert final["last"]["step"] == 5 and Path(final["exported"], "model.safetensors").is_file()
-    workers = list_actors(address=two_nodes.address, filters=[("class_name", "=", "RayTrainWorker")])
-    nodes = {n.node_id for n in [two_nodes.head_node, *two_nodes.worker_nodes]}
-    assert len(workers) == 2
+    assert (final["last"]["step"], final["last"]["resumed_from_step"]) == (5, 2)
+    assert Path(final["exported"], "model.safetensors").is_file()
+    workers = list_actors(address=ray_two_nodes.address, filters=[("class_name", "=", "RayTrainWorker")])
+    nodes = {n.node_id for n in [ray_two_nodes.head_node, *ray_two_nodes.worker_nodes]}
+    assert len(workers) == 4  # two attempts of two workers
     assert {w.node_id for w in workers} == nodes
+    assert sorted(sum(w.node_id == n for w in workers) for n in nodes) == [2, 2]
 
 
 # ------------------------------------------------------------------------------------- ray job submit
@@ -96,8 +86,10 @@ def ray_head(ray_env, free_port, tmp_path):
     """
     temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
     env = {k: v for k, v in ray_env.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
     dashboard = free_port()
+    env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # stop at once on SIGTERM (no 30 s node drain)
+               RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard}")  # see conftest.state_api_env
     ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
              "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
              "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),

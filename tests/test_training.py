@@ -242,13 +242,3 @@ def test_two_worker_run_exports_the_best_checkpoint_then_resumes(ray_local, tiny
     resumed = [m for m in _reported(result) if m["resumed_from_step"] > 0]
     assert [m["step"] for m in resumed] == [6, 8, 10]
     assert all(m["resumed_from_step"] == 5 for m in resumed)
-
-
-@pytest.mark.slow
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_local, tiny_corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv(training.FAULT_ENV, "4")  # rank 1 exits at step 4, after the checkpoint of step 2
-    cfg = tiny_corpus.config("synthetic_tiny", "train.max_failures=1")
-    result = training.build_trainer(cfg, training.prepare_task(cfg), storage_path=str(tmp_path), name="faulty").fit()
-    assert result.error is None
-    reported = _reported(result)
-    assert [(m["step"], m["resumed_from_step"]) for m in reported] == [(2, 0), (4, 2), (5, 2)]
