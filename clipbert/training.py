@@ -397,6 +397,7 @@ def _maybe_inject_fault(fault_at_step: int | None, progress: _Progress, rank: in
 def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, world, device, writer) -> None:
     import ray.train
 
+    started = time.perf_counter()
     metrics: dict[str, Any] = {}
     if rank == 0:
         rate, wait = progress.report.rates(world)
@@ -422,6 +423,7 @@ def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, 
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
     progress.report = _Window()
+    progress.log.since += time.perf_counter() - started  # log lines measure training, not evaluation
 
 
 def _tensorboard(log_dir: str | None):
