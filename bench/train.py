@@ -104,7 +104,7 @@ def run_mode(args: argparse.Namespace, mode: str, storage: str) -> list[dict]:
     os.environ.pop(IDLE_WORKERS_ENV, None)
     if mode == "raised":
         keep_idle_workers()
-    ray.init(dashboard_port=_free_port(), log_to_driver=False)
+    ray.init(address="local", dashboard_port=_free_port(), log_to_driver=False)  # never another cluster on this host
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         root = prepare_corpus(args.workdir, args.videos, args.seed)
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[r["idle_workers"], r["workers"], r["steps"], r["samples_per_s_steady"],
              f"{100 * r['data_wait_steady']:.0f}%", r["samples_per_s_first_epoch"],
              f"{100 * r['data_wait_first_epoch']:.0f}%", r["fit_wall_s"], r["samples_per_s_fit"]] for r in results]
-    print_table(f"Ray Train on {args.config}, {args.videos}-video synthetic corpus, {args.epochs} epochs", columns, rows)
+    title = f"Ray Train on {args.config}, {args.videos}-video synthetic corpus, {args.epochs} epochs"
+    print_table(title, columns, rows)
     write_json(args.output, "train", {"config": args.config, "videos": args.videos, "epochs": args.epochs,
                                       "results": results})
     return 0

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-gpu", dest="gpu", action="store_false")
     p.add_argument("--storage-path", default=os.path.abspath("runs"), help="directory or URI for checkpoints")
     p.add_argument("--name", default=None, help="run name (default: the config name)")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", default=None,
+                   help="Ray address, 'auto' for a `ray start` cluster here (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     return p.parse_args(argv)
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_idle_workers()  # only matters when ray.init below starts a local Ray
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     storage = args.storage_path if "://" in args.storage_path else os.path.abspath(args.storage_path)
-    ray.init(address=args.address, num_cpus=args.num_cpus if args.address is None else None,
-             ignore_reinit_error=True)
+    # neither --address nor RAY_ADDRESS: a Ray of our own, not whichever cluster a `ray start` left on this machine
+    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
+    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, ignore_reinit_error=True)
     try:
         final = run_training(cfg, storage_path=storage, name=name)
     except (ValueError, FileNotFoundError, PermissionError) as e:

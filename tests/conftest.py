@@ -112,7 +112,7 @@ def ray_local(ray_env):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in state_api_env(port).items():
             mp.setenv(key, value)
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
         ray.data.DataContext.get_current().enable_progress_bars = False
         yield ray
         ray.shutdown()

@@ -106,7 +106,8 @@ def test_make_batch_retrieval_draws_negatives_of_other_videos(tiny_corpus):
     assert out["label"].tolist() == [0, 0, 0, 0]  # the positive caption is text 0
     assert out["example_id"].tolist() == [r["example_id"] for r in rows]
     tok = load_tokenizer(cfg.data.tokenizer)
-    owner = {tuple(ids): v for v, ids in zip(pool_videos, tokenize(tok, list(pool_captions), cfg.data.max_txt_len)["input_ids"])}
+    pool_ids = tokenize(tok, list(pool_captions), cfg.data.max_txt_len)["input_ids"]  # (P, L)
+    owner = {tuple(ids): v for v, ids in zip(pool_videos, pool_ids)}
     for row, ids in zip(rows, out["input_ids"]):
         assert owner[tuple(ids[0])] == row["video_id"]
         assert all(owner[tuple(neg)] != row["video_id"] for neg in ids[1:])
