@@ -56,14 +56,12 @@ def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Non
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
-    """24 short 160x120 videos (20 train, 4 val), their tokenizer and frame store; about 5 s to build."""
+    """24 short 160x120 videos (20 train, 4 val), their tokenizer (written by the synthesizer) and frame store."""
     from clipbert.synthetic import synthesize_corpus
-    from clipbert.text import write_vocab
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     info = synthesize_corpus(root, n_videos=24, seed=7, val_videos=4, test_videos=0, min_duration=2.0,
                              max_duration=3.0, sizes=[(160, 120)], fps_choices=[10])
-    write_vocab(info.vocab_path.read_text().split(), root / "tokenizer")
     _build_frame_store(root / "videos", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
     return TinyCorpus(root, tuple(info.splits["train"]), tuple(info.splits["val"]))
 
