@@ -9,6 +9,7 @@ import os
 import re
 from typing import Iterator
 
+import av  # before decord: decord loads its own FFmpeg with RTLD_GLOBAL, which would break PyAV's VP9 encoder
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -117,8 +118,6 @@ def _decode_decord(source: str | bytes, options: StoreOptions) -> DecodedVideo:
 
 
 def _decode_pyav(source: str | bytes, options: StoreOptions) -> DecodedVideo:
-    import av
-
     with av.open(source if isinstance(source, str) else io.BytesIO(source), metadata_errors="ignore") as container:
         if not container.streams.video:
             raise DecodeError("no video stream")

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import decord
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -132,6 +131,8 @@ def _psnr(a, b):
 @pytest.mark.parametrize("video_id", ["good", "nested/good2"])
 def test_round_trip_matches_a_direct_decode(store, bad_inputs, video_id):
     """Stored frames equal decord's frames at the stored indices, resized, up to JPEG error."""
+    import decord  # after PyAV (clipbert.synthetic): see pipelines/decode.py on the import order
+
     reader = fs.FrameStore(store[0])
     vr = decord.VideoReader(str(bad_inputs[0] / f"{video_id}.mp4"), num_threads=1)
     keep = stored_indices(len(vr), vr.get_avg_fps(), 4.0)
