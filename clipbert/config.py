@@ -141,6 +141,8 @@ class TrainConfig:
     log_every_steps: int = 50  # optimiser steps between log lines
     max_failures: int = 2  # restarts from the last checkpoint after a worker dies
     placement_strategy: str = "PACK"  # Ray placement of the workers: "PACK" or "SPREAD" (one per node)
+    cpus_per_worker: float = 0.0  # 0 = fit workers and data stage to the cluster as it is now; > 0 = fixed
+    # (autoscaling clusters, whose nodes appear after submission: no placement check, 1 CPU per data task)
 
 
 @dataclass

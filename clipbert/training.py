@@ -143,7 +143,11 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cpus_per_worker, data_cpus = plan_resources(ray.cluster_resources(), cfg.train.num_workers, cfg.train.use_gpu)
+    if cfg.train.cpus_per_worker > 0:
+        cpus_per_worker, data_cpus = cfg.train.cpus_per_worker, 1.0
+    else:
+        cpus_per_worker, data_cpus = plan_resources(ray.cluster_resources(), cfg.train.num_workers,
+                                                    cfg.train.use_gpu)
     steps_per_epoch, total_steps = schedule(cfg, len(task.train), cfg.train.num_workers)
     cfg_dict = config_to_dict(cfg)
     negatives = (np.array([r["video_id"] for r in task.train]), np.array([r["texts"][0] for r in task.train]))

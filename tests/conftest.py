@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import av  # noqa: F401  (PyAV must load before decord: see pipelines/decode.py)
 import pyarrow as pa
 import pytest
 

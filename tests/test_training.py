@@ -243,3 +243,15 @@ def test_two_worker_run_exports_the_best_checkpoint_then_resumes(ray_local, tiny
     resumed = [m for m in _reported(result) if m["resumed_from_step"] > 0]
     assert [m["step"] for m in resumed] == [6, 8, 10]
     assert all(m["resumed_from_step"] == 5 for m in resumed)
+
+
+def test_fixed_cpus_per_worker_skips_the_placement_check(ray_local, tiny_corpus):
+    """Autoscaling clusters: a fixed train.cpus_per_worker is used as is, even beyond today's cluster."""
+    cfg = tiny_corpus.config("synthetic_tiny", "train.num_workers=8", "optim.batch_size=1")
+    task = training.prepare_task(cfg)
+    with pytest.raises(ValueError, match="cannot be placed"):
+        training.build_trainer(cfg, task, storage_path="/tmp/unused", name="x")
+    cfg = tiny_corpus.config("synthetic_tiny", "train.num_workers=8", "optim.batch_size=1", "train.cpus_per_worker=4")
+    trainer = training.build_trainer(cfg, task, storage_path="/tmp/unused", name="x")
+    assert trainer.scaling_config.num_workers == 8
+    assert trainer.scaling_config.resources_per_worker["CPU"] == 4
