@@ -1,21 +1,24 @@
 """Benchmark: Ray Train throughput (samples/s) and the fraction of step time spent waiting for data, 1 and 2 workers.
 
-One run makes (or reuses) a synthetic corpus, its tokenizer and frame store under --workdir, then fits the
---config preset (default synthetic_tiny) once per worker count on a local Ray, with one evaluation per epoch.
-Each evaluation reports ``train_samples_per_s`` (all workers) and ``data_wait_fraction`` (rank 0's time
-waiting for the next batch) over the steps since the previous one; the first epoch includes the data
-pipeline's start-up, so the table shows it apart from the later ("steady") epochs. ``--idle-workers both``
-also runs with Ray's default limit of idle worker processes (one per CPU, see training.keep_idle_workers),
-which jobs/train.py raises for a local Ray.
+One run makes (or reuses) a synthetic corpus and its frame store under --workdir, reads the --config preset
+(default synthetic_tiny) once, then fits it once per worker count on a local Ray. The fits are cut into
+--windows windows of whole epochs (at least --window-steps optimiser steps each), with one evaluation at the
+end of each. Every evaluation reports ``train_samples_per_s`` (all workers) and ``data_wait_fraction`` (rank
+0's time waiting for the next batch) over its window, so both include the data pipeline's restart at each
+epoch. The first window also holds the pipeline's start-up: the table shows it apart from the later
+("steady") ones. ``--idle-workers both`` repeats everything with Ray's default limit of idle worker
+processes (one per CPU, see training.keep_idle_workers), which jobs/train.py raises for a local Ray.
 
 Usage:
     python bench/train.py --output bench_results
-    python bench/train.py --videos 100 --epochs 4 --workers 1,2 --idle-workers both --output bench_results
+    python bench/train.py --videos 100 --workers 1,2 --idle-workers both --output bench_results
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import os
 import socket
 import sys
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import corpus, print_table, write_json  # noqa: E402
 
-from clipbert.config import config_to_dict, load_config  # noqa: E402
+from clipbert.config import Config, config_to_dict, load_config  # noqa: E402
 from clipbert.logs import setup_logging  # noqa: E402
 
 
@@ -38,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--videos", type=int, default=100, help="videos in the synthetic corpus (80/10/10 split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="synthetic_tiny")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per fit (one evaluation each)")
+    p.add_argument("--windows", type=int, default=4, help="measurement windows per fit (one evaluation each)")
+    p.add_argument("--window-steps", type=int, default=10, help="at least this many optimiser steps per window")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     p.add_argument("--idle-workers", choices=["raised", "default", "both"], default="raised",
                    help="Ray's idle worker limit: raised as jobs/train.py does, Ray's default, or both")
@@ -47,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare_corpus(workdir: Path, n_videos: int, seed: int) -> Path:
-    """Corpus, tokenizer and frame store under workdir (each made once, then reused)."""
+    """Corpus (with its tokenizer) and frame store under workdir (each made once, then reused)."""
     from clipbert.text import write_vocab
     from pipelines.preprocess import run_preprocess
 
@@ -59,15 +63,17 @@ def prepare_corpus(workdir: Path, n_videos: int, seed: int) -> Path:
     return root
 
 
-def fit_once(args: argparse.Namespace, root: Path, workers: int, storage: str) -> dict:
-    """One fit with `workers` workers; returns its configuration and the per-epoch throughput windows."""
+def fit_once(args: argparse.Namespace, base: Config, workers: int, storage: str) -> dict:
+    """One fit of `base` with `workers` workers; returns its configuration and per-window throughput."""
     from clipbert.training import build_trainer, prepare_task, schedule
 
-    base = [f"data.root={root}", f"train.num_workers={workers}", "train.keep_checkpoints=1000"]
-    cfg = load_config(args.config, [*base, *args.set, f"optim.num_epochs={args.epochs}"])
+    cfg = copy.deepcopy(base)
+    cfg.train.num_workers, cfg.train.keep_checkpoints = workers, 1000
     task = prepare_task(cfg)
-    steps_per_epoch, total = schedule(cfg, len(task.train), workers)
-    cfg.train.eval_every_steps = steps_per_epoch  # one evaluation (= one throughput window) per epoch
+    steps_per_epoch, _ = schedule(cfg, len(task.train), workers)
+    epochs_per_window = math.ceil(args.window_steps / steps_per_epoch)
+    cfg.optim.num_epochs = float(epochs_per_window * args.windows)
+    cfg.train.eval_every_steps = epochs_per_window * steps_per_epoch
     start = time.perf_counter()
     result = build_trainer(cfg, task, storage_path=storage, name=f"workers_{workers}").fit()
     wall = time.perf_counter() - start
@@ -77,12 +83,12 @@ def fit_once(args: argparse.Namespace, root: Path, workers: int, storage: str) -
     windows = [{k: m[k] for k in ("step", "epoch", "train_samples_per_s", "data_wait_fraction", "eval_s")}
                for m in reports]
     steady = windows[1:] or windows
+    total = windows[-1]["step"]
     samples = total * cfg.optim.batch_size * workers * cfg.optim.grad_accum_steps
     return {
-        "workers": workers, "train_rows": len(task.train), "steps": total, "fit_wall_s": wall,
-        "samples_per_s_fit": samples / wall,
-        "samples_per_s_first_epoch": windows[0]["train_samples_per_s"],
-        "data_wait_first_epoch": windows[0]["data_wait_fraction"],
+        "workers": workers, "train_rows": len(task.train), "steps": total, "epochs": cfg.optim.num_epochs,
+        "fit_wall_s": wall, "samples_per_s_fit": samples / wall,
+        "samples_per_s_first": windows[0]["train_samples_per_s"], "data_wait_first": windows[0]["data_wait_fraction"],
         "samples_per_s_steady": sum(w["train_samples_per_s"] for w in steady) / len(steady),
         "data_wait_steady": sum(w["data_wait_fraction"] for w in steady) / len(steady),
         "windows": windows, "config": config_to_dict(cfg),
@@ -95,7 +101,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_mode(args: argparse.Namespace, mode: str, storage: str) -> list[dict]:
+def run_mode(args: argparse.Namespace, mode: str, base: Config, storage: str) -> list[dict]:
     """Every worker count on a fresh local Ray whose idle worker limit is `mode` ("raised" or "default")."""
     import ray
 
@@ -104,11 +110,10 @@ def run_mode(args: argparse.Namespace, mode: str, storage: str) -> list[dict]:
     os.environ.pop(IDLE_WORKERS_ENV, None)
     if mode == "raised":
         keep_idle_workers()
-    ray.init(address="local", dashboard_port=_free_port(), log_to_driver=False)  # never another cluster on this host
+    ray.init(address="local", dashboard_port=_free_port(), log_to_driver=False)  # never another cluster here
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        root = prepare_corpus(args.workdir, args.videos, args.seed)
-        return [{"idle_workers": mode, **fit_once(args, root, w, f"{storage}/{mode}")}
+        return [{"idle_workers": mode, **fit_once(args, base, w, f"{storage}/{mode}")}
                 for w in (int(w) for w in args.workers.split(","))]
     finally:
         ray.shutdown()
@@ -117,18 +122,24 @@ def run_mode(args: argparse.Namespace, mode: str, storage: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    import ray
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    root = prepare_corpus(args.workdir, args.videos, args.seed)
+    ray.shutdown()
+    base = load_config(args.config, [f"data.root={root}", *args.set])  # read once: every fit trains the same
     modes = ["raised", "default"] if args.idle_workers == "both" else [args.idle_workers]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as storage:
-        results = [r for mode in modes for r in run_mode(args, mode, storage)]
-    columns = ["idle workers", "workers", "steps", "samples/s steady", "data-wait steady", "samples/s 1st epoch",
-               "data-wait 1st epoch", "fit wall s", "samples/s incl. start-up"]
-    rows = [[r["idle_workers"], r["workers"], r["steps"], r["samples_per_s_steady"],
-             f"{100 * r['data_wait_steady']:.0f}%", r["samples_per_s_first_epoch"],
-             f"{100 * r['data_wait_first_epoch']:.0f}%", r["fit_wall_s"], r["samples_per_s_fit"]] for r in results]
-    title = f"Ray Train on {args.config}, {args.videos}-video synthetic corpus, {args.epochs} epochs"
-    print_table(title, columns, rows)
-    write_json(args.output, "train", {"config": args.config, "videos": args.videos, "epochs": args.epochs,
-                                      "results": results})
+        results = [r for mode in modes for r in run_mode(args, mode, base, storage)]
+    columns = ["idle workers", "workers", "steps", "epochs", "samples/s steady", "data-wait steady",
+               "samples/s 1st window", "data-wait 1st window", "fit wall s", "samples/s incl. start-up"]
+    rows = [[r["idle_workers"], r["workers"], r["steps"], r["epochs"], r["samples_per_s_steady"],
+             f"{100 * r['data_wait_steady']:.0f}%", r["samples_per_s_first"], f"{100 * r['data_wait_first']:.0f}%",
+             r["fit_wall_s"], r["samples_per_s_fit"]] for r in results]
+    print_table(f"Ray Train on {args.config} (batch {base.optim.batch_size} per worker), {args.videos}-video "
+                f"synthetic corpus, {args.windows} windows", columns, rows)
+    write_json(args.output, "train", {"config": args.config, "videos": args.videos, "results": results})
     return 0
 
 
