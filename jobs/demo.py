@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipbert.frames import FrameStore
     from clipbert.synthetic import synthesize_corpus
-    from clipbert.training import run_training
+    from clipbert.training import keep_idle_workers, run_training
     from pipelines.preprocess import run_preprocess
 
     corpus = args.workdir / "corpus"
     if not (corpus / "corpus.json").exists():
         logger.info("1/3 synthesizing %d videos into %s", args.videos, corpus)
         synthesize_corpus(corpus, n_videos=args.videos, seed=args.seed, workers=2)
+    keep_idle_workers()  # data workers survive between epochs of the local Ray started below
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     logger.info("2/3 preprocessing into %s", corpus / "frames")
     summary = run_preprocess(str(corpus / "videos"), str(corpus / "frames"))
