@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in summary.lines():
         print(line)
-    total_ok = summary.videos_ok + summary.videos_skipped
-    return 0 if total_ok > 0 else 1
+    return 0 if summary.store_ok > 0 else 1
 
 
 if __name__ == "__main__":

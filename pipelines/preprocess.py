@@ -59,6 +59,7 @@ class Summary:
     videos_ok: int
     videos_failed: int
     videos_skipped: int  # already in the store from an earlier run
+    store_ok: int  # videos stored in the whole store, this run and earlier ones
     frames: int  # frames stored by this run
     src_frames: int  # source frames decoded by this run
     bytes: int  # JPEG bytes stored by this run
@@ -305,6 +306,7 @@ def _summarize(output: str, ran: set[str], skipped: int, seconds: float) -> Summ
     ok = [r for r in mine if r["status"] == "ok"]
     return Summary(
         videos_ok=len(ok), videos_failed=len(mine) - len(ok), videos_skipped=skipped,
+        store_ok=sum(r["status"] == "ok" for r in manifest),
         frames=sum(r["num_frames"] for r in ok), src_frames=sum(r["src_frames"] for r in ok),
         bytes=sum(r["bytes"] for r in ok), seconds=seconds,
         failures=[(r["video_id"], r["error"]) for r in mine if r["status"] != "ok"],

@@ -175,6 +175,7 @@ def test_job_exit_codes(tmp_path):
     (tmp_path / "in" / "zero.mp4").write_bytes(b"")
     args = ["--videos", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--num-cpus", "1"]
     assert job.main(args) == 1  # nothing succeeded
+    assert job.main(args) == 1  # nor when resuming a store whose videos all failed
     assert job.main(["--videos", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2")]) == 2
 
 
