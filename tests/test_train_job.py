@@ -1,4 +1,4 @@
-"""Tests of jobs/train.py: exit codes and messages on bad input, a two-node run, and `ray job submit`."""
+"""Tests of jobs/train.py: bad input, a two-node run with a killed worker then resumed, and `ray job submit`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
 from jobs import train as job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,27 +56,55 @@ def test_bad_input_exits_2_with_a_message(ray_two_nodes, tiny_corpus, tmp_path, 
     assert not (tmp_path / "synthetic_tiny").exists()  # nothing ran
 
 
-# ---------------------------------------------------------------------------------------- multi-node
+# --------------------------------------------------------------------------- multi-node, failure, resume
 @pytest.mark.slow
-def test_spread_run_survives_a_killed_worker_on_the_second_node(ray_two_nodes, tiny_corpus, tmp_path, monkeypatch):
-    """One worker per node; rank 1 dies at step 4, after the checkpoint of step 2; the restarted worker group
-    (again one worker per node) resumes from that checkpoint and finishes."""
+def test_spread_run_survives_a_killed_worker_then_resumes(ray_two_nodes, tiny_corpus, tmp_path, monkeypatch):
+    """One worker per node; rank 1 (second node) dies at step 4, after the checkpoint of step 2, and the restarted
+    worker group resumes from that checkpoint and finishes (5 steps). The same storage and name with 2 epochs
+    then continues from step 5 to step 10. (One scenario, so that the slow runs stay few.)"""
     from ray.util.state import list_actors
 
-    from clipbert.training import FAULT_ENV
+    from clipbert.training import FAULT_ENV, STATE_NAME
 
+    args = _args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, "--name", "spread",
+                 "--set", "train.placement_strategy=SPREAD", "--set", "train.max_failures=1",
+                 "--set", "train.keep_checkpoints=10")
     monkeypatch.setenv(FAULT_ENV, "4")
-    code = job.main(_args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, "--name", "spread",
-                          "--set", "train.placement_strategy=SPREAD", "--set", "train.max_failures=1"))
-    assert code == 0
-    final = json.loads((tmp_path / "spread" / "final_metrics.json").read_text())
+    assert job.main(args) == 0
+    run_dir = tmp_path / "spread"
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    _check_final_metrics(final, run_dir, tiny_corpus)
     assert (final["last"]["step"], final["last"]["resumed_from_step"]) == (5, 2)
-    assert Path(final["exported"], "model.safetensors").is_file()
     workers = list_actors(address=ray_two_nodes.address, filters=[("class_name", "=", "RayTrainWorker")])
     nodes = {n.node_id for n in [ray_two_nodes.head_node, *ray_two_nodes.worker_nodes]}
     assert len(workers) == 4  # two attempts of two workers
-    assert {w.node_id for w in workers} == nodes
     assert sorted(sum(w.node_id == n for w in workers) for n in nodes) == [2, 2]
+
+    monkeypatch.delenv(FAULT_ENV)
+    first_run = set(run_dir.glob("checkpoint_*"))
+    assert job.main([*args, "--set", "optim.num_epochs=2"]) == 0
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    assert (final["last"]["step"], final["last"]["resumed_from_step"]) == (10, 5)
+    resumed = set(run_dir.glob("checkpoint_*")) - first_run
+    steps = sorted(torch.load(d / STATE_NAME, weights_only=True)["step"] for d in resumed)
+    assert steps == [6, 8, 10]  # the resumed run reports after step 5 only
+
+
+def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
+    """final_metrics.json names the best evaluation and its checkpoint, exported to RUN/best/ (loadable)."""
+    assert final["metric"] == "t2v_r1" and final["step"] == final["best"]["step"] in (2, 4, 5)
+    assert final["best"]["t2v_r1"] >= final["last"]["t2v_r1"]
+    for key in ("t2v_r1", "v2t_r1", "itc_t2v_r1", "mc_acc", "train_samples_per_s", "data_wait_fraction"):
+        assert key in final["best"], key
+    assert final["best"]["train_samples_per_s"] > 0 and 0 <= final["best"]["data_wait_fraction"] <= 1
+    best = Path(final["exported"])
+    assert best == run_dir / "best" and sorted(p.name for p in best.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    model, cfg = load_checkpoint(best)
+    assert cfg.model == corpus.config("synthetic_tiny").model
+    source = load_file(str(Path(final["checkpoint"]) / WEIGHTS_NAME))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, source[key], rtol=0, atol=0)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 # ------------------------------------------------------------------------------------- ray job submit

@@ -1,19 +1,17 @@
-"""Tests of clipbert/training.py (resource plan, schedule, task preparation, Ray Train runs) and clipbert/batches.py."""
+"""Tests of clipbert/training.py (resource plan, schedule, task preparation, trainer) and clipbert/batches.py.
+
+The Ray Train runs themselves (2 workers on two nodes, a killed worker, resume) are in test_train_job.py.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from clipbert import training
 from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch
-from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
 from clipbert.config import config_to_dict
 from clipbert.data import load_ans2label, load_annotations
 from clipbert.text import load_tokenizer, tokenize
@@ -206,45 +204,7 @@ def test_check_storage_creates_a_missing_directory(tmp_path):
     assert (tmp_path / "a" / "b").is_dir()
 
 
-# ----------------------------------------------------------------------------------- Ray Train runs
-def _reported(result) -> list[dict]:
-    """Every reported evaluation of a fit (all are kept: keep_checkpoints >= evaluations), by step."""
-    return sorted((m for _, m in result.best_checkpoints), key=lambda m: m["step"])
-
-
-@pytest.mark.slow
-def test_two_worker_run_exports_the_best_checkpoint_then_resumes(ray_local, tiny_corpus, tmp_path):
-    storage = str(tmp_path / "runs")
-    cfg = tiny_corpus.config("synthetic_tiny")  # 20 rows / (2 workers x 2) = 5 steps, evaluations at 2, 4, 5
-    final = training.run_training(cfg, storage_path=storage, name="run")
-
-    run_dir = Path(storage) / "run"
-    written = json.loads((run_dir / "final_metrics.json").read_text())
-    assert written["metric"] == "t2v_r1" and written["step"] == written["best"]["step"] == final["step"]
-    assert written["step"] in (2, 4, 5) and written["last"]["step"] == 5
-    assert written["best"]["t2v_r1"] >= written["last"]["t2v_r1"]
-    for key in ("t2v_r1", "v2t_r1", "itc_t2v_r1", "mc_acc", "train_samples_per_s", "data_wait_fraction"):
-        assert key in written["best"], key
-    assert written["best"]["train_samples_per_s"] > 0 and 0 <= written["best"]["data_wait_fraction"] <= 1
-    assert written["best"]["resumed_from_step"] == 0
-    best = Path(written["exported"])
-    assert best == run_dir / "best" and sorted(p.name for p in best.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
-    model, loaded_cfg = load_checkpoint(best)
-    assert loaded_cfg.model == cfg.model and loaded_cfg.data.frame_store == cfg.data.frame_store
-    source = load_file(str(Path(written["checkpoint"]) / WEIGHTS_NAME))
-    for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, source[key], rtol=0, atol=0)
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-
-    # the same storage and name with more epochs: continues from step 5 to step 10
-    more = tiny_corpus.config("synthetic_tiny", "optim.num_epochs=2")
-    result = training.build_trainer(more, training.prepare_task(more), storage_path=storage, name="run").fit()
-    assert result.error is None
-    resumed = [m for m in _reported(result) if m["resumed_from_step"] > 0]
-    assert [m["step"] for m in resumed] == [6, 8, 10]
-    assert all(m["resumed_from_step"] == 5 for m in resumed)
-
-
+# ----------------------------------------------------------------------------------- Ray Train
 def test_fixed_cpus_per_worker_skips_the_placement_check(ray_local, tiny_corpus):
     """Autoscaling clusters: a fixed train.cpus_per_worker is used as is, even beyond today's cluster."""
     cfg = tiny_corpus.config("synthetic_tiny", "train.num_workers=8", "optim.batch_size=1")
