@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/preprocess.py --output bench_results
 	$(PY) bench/loader.py --output bench_results
 	$(PY) bench/model.py --output bench_results
+	$(PY) bench/train.py --output bench_results
 
 clean:
 	rm -rf demo_run bench_results .pytest_cache
