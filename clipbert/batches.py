@@ -9,6 +9,7 @@ numpy arrays with fixed keys:
     "label"           int64 (B,)                retrieval: index of the positive text (0); mc: the answer
                                                 option; qa: the answer label (-1 = not in the vocabulary)
     "example_id"      int64 (B,)
+    "video_key"       int64 (B,)                a stable hash of the video id (rows of the same video share it)
 
 Training draws fresh random clips (and, for retrieval, fresh negative captions of other videos) every
 time a row passes through; inference takes N uniform clips (``sampling.inference_n_clips``).
@@ -17,6 +18,7 @@ time a row passes through; inference takes N uniform clips (``sampling.inference
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from typing import Any, Sequence
 
@@ -29,7 +31,12 @@ from clipbert.model import resize_and_pad
 from clipbert.sampling import indices_for_config
 from clipbert.text import load_tokenizer, tokenize
 
-BATCH_KEYS = ("frames", "input_ids", "attention_mask", "label", "example_id")
+BATCH_KEYS = ("frames", "input_ids", "attention_mask", "label", "example_id", "video_key")
+
+
+def video_key(video_id: str) -> int:
+    """A stable signed 64-bit hash of a video id (the same in every process, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -106,6 +113,7 @@ def make_batch(
         "attention_mask": enc["attention_mask"].reshape(shape),  # (B, K, L)
         "label": labels,
         "example_id": np.asarray(batch["example_id"], dtype=np.int64),
+        "video_key": np.asarray([video_key(v) for v in video_ids], dtype=np.int64),
     }
 
 

@@ -124,6 +124,8 @@ class OptimConfig:
     grad_accum_steps: int = 1  # micro-batches per optimiser step
     num_epochs: float = 20.0  # passes over the training annotations
     itc_weight: float = 1.0  # weight of the contrastive (InfoNCE) loss when model.contrastive is on
+    itm_hard_negatives: bool = False  # retrieval with contrastive heads: also score, per video, one in-batch caption
+    # and, per caption, one in-batch video drawn by contrastive similarity (ALBEF's hard negatives)
 
 
 @dataclass

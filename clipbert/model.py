@@ -342,6 +342,7 @@ class ClipBert(nn.Module):
         attention_mask: torch.Tensor,
         *,
         return_embeddings: bool = False,
+        hard_negatives: torch.Tensor | None = None,
     ) -> torch.Tensor | ClipBertOutput:
         """Score K texts against the N clips of each of B videos.
 
@@ -351,6 +352,10 @@ class ClipBert(nn.Module):
             attention_mask: (B, K, L) 1 for real tokens, 0 for padding.
             return_embeddings: also return the contrastive embeddings (video, text 0 of each row) and the
                 InfoNCE scale, computed from the same CNN pass (needs model.contrastive).
+            hard_negatives: (B, B) bool, True where rows i and j show the same video; when given (with
+                return_embeddings), two in-batch negatives per row are scored too and appended to the K texts:
+                text 0 of another row drawn for video i, and text 0 of row i against the clips of another video,
+                both drawn with probability softmax(contrastive similarity) over the other videos (ALBEF).
 
         Returns:
             per-clip logits (B, K, N, C), or a ClipBertOutput when return_embeddings.
@@ -362,7 +367,30 @@ class ClipBert(nn.Module):
             return logits
         video = aggregate_clip_embeddings(self.embed_grid(grid))  # (B, E)
         text = self.encode_text(input_ids[:, 0], attention_mask[:, 0])  # (B, E)
-        return ClipBertOutput(logits, video, text, self.logit_scale.exp().clamp(max=100.0))
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        if hard_negatives is not None:
+            negatives = self.hard_negative_logits(grid, video, text, input_ids[:, 0], attention_mask[:, 0],
+                                                  hard_negatives, scale)  # (B, 2, N, C)
+            logits = torch.cat([logits, negatives], dim=1)  # (B, K+2, N, C)
+        return ClipBertOutput(logits, video, text, scale)
+
+    def hard_negative_logits(self, grid: torch.Tensor, video: torch.Tensor, text: torch.Tensor,
+                             input_ids: torch.Tensor, attention_mask: torch.Tensor, same_video: torch.Tensor,
+                             scale: torch.Tensor) -> torch.Tensor:
+        """Per-clip logits (B, 2, N, C) of each video with a hard negative caption, and of each caption with a hard
+        negative video, drawn from the other videos of the batch by softmax(scale * cosine similarity).
+
+        grid (B, N, h, w, D); video, text (B, E) normalised; input_ids, attention_mask (B, L) the positives;
+        same_video (B, B) bool, symmetric; a batch of a single video has nothing to draw from (callers skip it).
+        """
+        with torch.no_grad():
+            sim = scale * video.float() @ text.float().t()  # (B, B): video i x text j
+            sim = sim.masked_fill(same_video & ~same_video.all(1, keepdim=True), float("-inf"))
+            text_pick = torch.multinomial(torch.softmax(sim, dim=1), 1)[:, 0]  # (B,) caption for video i
+            video_pick = torch.multinomial(torch.softmax(sim.t(), dim=1), 1)[:, 0]  # (B,) video for caption i
+        with_text = self.score_grid(grid, input_ids[text_pick, None], attention_mask[text_pick, None])  # (B, 1, N, C)
+        with_video = self.score_grid(grid[video_pick], input_ids[:, None], attention_mask[:, None])  # (B, 1, N, C)
+        return torch.cat([with_text, with_video], dim=1)  # (B, 2, N, C)
 
     # -------------------------------------------------------------------------------- checks
     def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch: int) -> None:

@@ -287,7 +287,13 @@ def _loss(model, cfg: Config, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     labels = None if cfg.model.head == "itm" else batch["label"]
     if not cfg.model.contrastive:
         return task_loss(cfg.model.head, model(frames, ids, mask), labels, cfg.model.consensus)
-    out = model(frames, ids, mask, return_embeddings=True)
+    same = None
+    if cfg.optim.itm_hard_negatives and cfg.model.head == "itm":
+        key = batch["video_key"]
+        same = key[:, None] == key[None, :]  # (B, B)
+        if bool(same.all()):
+            same = None  # one video in the batch: nothing to mine
+    out = model(frames, ids, mask, return_embeddings=True, hard_negatives=same)
     itc = contrastive_loss(out.video_embeds, out.text_embeds, out.logit_scale)
     return task_loss(cfg.model.head, out.logits, labels, cfg.model.consensus) + cfg.optim.itc_weight * itc
 

@@ -96,6 +96,24 @@ def test_return_embeddings(model):
     assert math.isclose(out.logit_scale.item(), 1 / 0.07, rel_tol=1e-5)
 
 
+def test_hard_negatives_pair_each_row_with_another_video(model):
+    frames, ids, mask = make_batch(b=3, k=2)
+    same = torch.eye(3, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # rows 0 and 1 show the same video: their only candidate is row 2
+    with torch.no_grad():
+        plain = model(frames, ids, mask)
+        torch.manual_seed(0)
+        out = model(frames, ids, mask, return_embeddings=True, hard_negatives=same)
+        grid = model.encode_grid(frames)
+        text_of_2 = model.score_grid(grid[:2], ids[2:3, :1].expand(2, 1, -1), mask[2:3, :1].expand(2, 1, -1))
+        clips_of_2 = model.score_grid(grid[2:3].expand(2, *grid.shape[1:]), ids[:2, :1], mask[:2, :1])
+    assert out.logits.shape == (3, 4, 2, 2)  # K=2 given texts + hard negative text + hard negative video
+    torch.testing.assert_close(out.logits[:, :2], plain)
+    torch.testing.assert_close(out.logits[:2, 2:3], text_of_2)  # video 0/1 scored with the caption of row 2
+    torch.testing.assert_close(out.logits[:2, 3:4], clips_of_2)  # caption 0/1 scored on the clips of row 2
+    assert torch.isfinite(out.logits).all()
+
+
 def test_no_contrastive_heads_is_an_error():
     m = ClipBert(micro_cfg(contrastive=False))
     with pytest.raises(RuntimeError, match="contrastive"):

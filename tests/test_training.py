@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clipbert import training
-from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch
+from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch, video_key
 from clipbert.config import config_to_dict
 from clipbert.data import load_ans2label, load_annotations
 from clipbert.text import load_tokenizer, tokenize
@@ -86,6 +86,7 @@ def _check_batch(out: dict, b: int, n: int, t: int, k: int, size: int, max_len: 
     assert out["attention_mask"].shape == (b, k, max_len) and out["attention_mask"].dtype == np.int64
     assert out["label"].shape == (b,) and out["label"].dtype == np.int64
     assert out["example_id"].shape == (b,) and out["example_id"].dtype == np.int64
+    assert out["video_key"].shape == (b,) and out["video_key"].dtype == np.int64
     assert out["frames"].max() > 0
 
 
@@ -103,6 +104,8 @@ def test_make_batch_retrieval_draws_negatives_of_other_videos(tiny_corpus):
     _check_batch(out, 4, s.train_n_clips, s.num_frames, 4, cfg.model.img_size, cfg.data.max_txt_len)
     assert out["label"].tolist() == [0, 0, 0, 0]  # the positive caption is text 0
     assert out["example_id"].tolist() == [r["example_id"] for r in rows]
+    assert out["video_key"].tolist() == [video_key(r["video_id"]) for r in rows]
+    assert len(set(out["video_key"].tolist())) == len({r["video_id"] for r in rows})
     tok = load_tokenizer(cfg.data.tokenizer)
     pool_ids = tokenize(tok, list(pool_captions), cfg.data.max_txt_len)["input_ids"]  # (P, L)
     owner = {tuple(ids): v for v, ids in zip(pool_videos, pool_ids)}
@@ -164,6 +167,30 @@ def test_make_batch_draws_fresh_clips_unless_seeded(tiny_corpus):
     np.testing.assert_array_equal(*seeded)
     inference = [make_batch(batch, cfg=cfg, train=False)["frames"] for _ in range(2)]
     np.testing.assert_array_equal(*inference)  # uniform clips: the same every time
+
+
+@pytest.mark.parametrize("one_video", [False, True])
+def test_hard_negative_loss_mines_other_videos_of_the_batch(tiny_corpus, one_video):
+    import torch
+
+    from clipbert.checkpoint import build_model
+
+    cfg = tiny_corpus.config("synthetic_tiny", "optim.itm_hard_negatives=True")
+    rows, _ = load_annotations(cfg.data.train_file)
+    rows = [rows[0]] * 3 if one_video else rows[:3]
+    batch = {k: torch.from_numpy(v) for k, v in make_batch(_columns(rows), cfg=config_to_dict(cfg), train=True,
+                                                                  seed=0).items()}
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model)
+    model.eval()
+    calls = []
+    model.hard_negative_logits = lambda *a: calls.append(a[5]) or torch.zeros(3, 2, cfg.sampling.train_n_clips, 2)
+    loss = training._loss(model, cfg, batch)
+    assert torch.isfinite(loss)
+    if one_video:
+        assert calls == []  # nothing to mine from a batch of one video
+    else:
+        torch.testing.assert_close(calls[0], torch.eye(3, dtype=torch.bool))  # the same-video mask from video_key
 
 
 # ----------------------------------------------------------------------------------------- bad input
