@@ -78,7 +78,9 @@ class SamplingConfig:
 
     fps: float = 2.0  # clip frame rate: T frames span T / fps seconds
     num_frames: int = 2  # T: frames per clip (mean-pooled after the CNN)
-    train_n_clips: int = 8  # N: independent random clips per video per training step
+    train_n_clips: int = 8  # N: random clips per video per training step
+    train_spread: str = "random"  # training starts: "random" (independent, the original) or "segment" (one
+    # uniform start per N-th of the video, so the clips cover it; TSN-style)
     inference_n_clips: int = 16  # N_test: uniform clips per video at inference (the paper: 1 or 16)
     inference_position: str = "middle"  # clip used when N_test=1: "middle" (retrieval) or "first" (QA)
     strategy: str = "sparse"  # "sparse" (N clips of T frames) or "dense" (one clip of dense_num_frames, train+eval)
@@ -355,6 +357,7 @@ def validate_config(cfg: Config) -> Config:
         (s.train_n_clips >= 1 and s.inference_n_clips >= 1, "sampling clip counts must be >= 1"),
         (s.inference_position in ("middle", "first"), "sampling.inference_position must be 'middle' or 'first'"),
         (s.strategy in ("sparse", "dense"), "sampling.strategy must be 'sparse' or 'dense'"),
+        (s.train_spread in ("random", "segment"), "sampling.train_spread must be 'random' or 'segment'"),
         (cfg.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
         (cfg.train.metric_mode in ("max", "min"), "train.metric_mode must be 'max' or 'min'"),
         (m.head != "qa" or m.num_answers == d.num_answers, "model.num_answers must equal data.num_answers for QA"),

@@ -5,7 +5,8 @@ Conventions (REFERENCE.md section 2, with the source video fps replaced by the f
 - A clip is T frames spanning T / clip_fps seconds, i.e. ``clip_len = max(1, round_half_up(T / clip_fps * F))``
   stored frames; its T frame indices are ``floor(linspace(start, start + clip_len - 1, T))``.
 - Training: N independent starts, each uniform in ``[0, num_frames - clip_len]`` (real-valued, as the
-  original's ``random.uniform``); clips may overlap.
+  original's ``random.uniform``); clips may overlap. ``spread="segment"`` instead draws start i uniformly in
+  the i-th of N equal segments of that range (TSN-style), so the N clips always cover the whole video.
 - Inference: N uniform clips, clip i starting at ``(num_frames - clip_len) * i / N``. With N = 1 the
   position is "middle" (clip 1 of 3 uniform clips, the original's retrieval setting) or "first" (start 0, QA).
 - Videos shorter than a clip (even a single frame) never fail: indices are clamped to the last frame,
@@ -26,6 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "inference")
+SPREADS = ("random", "segment")
 POSITIONS = ("middle", "first")
 
 
@@ -57,10 +59,16 @@ def _check(num_frames: int, n_clips: int, num_frames_per_clip: int) -> None:
         raise ValueError(f"n_clips and num_frames_per_clip must be >= 1, got {n_clips}, {num_frames_per_clip}")
 
 
-def train_starts(num_frames: int, clip_len: int, n_clips: int, rng: np.random.Generator) -> np.ndarray:
-    """N independent real-valued starts, uniform in [0, max(num_frames - clip_len, 0)]."""
-    delta = max(num_frames - clip_len, 0)
-    return rng.uniform(0.0, float(delta), size=n_clips)
+def train_starts(num_frames: int, clip_len: int, n_clips: int, rng: np.random.Generator,
+                 spread: str = "random") -> np.ndarray:
+    """N real-valued starts in [0, delta], delta = max(num_frames - clip_len, 0): independent and uniform
+    ("random", the original), or start i uniform in [delta * i / N, delta * (i + 1) / N] ("segment")."""
+    if spread not in SPREADS:
+        raise ValueError(f"spread must be one of {SPREADS}, got {spread!r}")
+    delta = float(max(num_frames - clip_len, 0))
+    if spread == "random":
+        return rng.uniform(0.0, delta, size=n_clips)
+    return delta * (np.arange(n_clips) + rng.uniform(0.0, 1.0, size=n_clips)) / n_clips
 
 
 def inference_starts(num_frames: int, clip_len: int, n_clips: int, position: str = "middle") -> np.ndarray:
@@ -83,6 +91,7 @@ def sample_clips(
     mode: str,
     rng: np.random.Generator | None = None,
     position: str = "middle",
+    spread: str = "random",
 ) -> ClipIndices:
     """Sample N clips of T frames from a video of `num_frames` stored frames at `stored_fps`.
 
@@ -95,6 +104,7 @@ def sample_clips(
         mode: "train" (independent random starts; needs `rng`) or "inference" (uniform starts).
         rng: the random generator used in "train" mode.
         position: N = 1 inference clip: "middle" or "first".
+        spread: training starts, "random" (independent) or "segment" (one per N-th of the video).
 
     Returns:
         ClipIndices with clip_starts (N,) and frame_indices (N, T) into the stored frames.
@@ -104,7 +114,7 @@ def sample_clips(
     if mode == "train":
         if rng is None:
             raise ValueError("train-mode sampling needs an explicit np.random.Generator (rng=...)")
-        starts = train_starts(num_frames, clip_len, n_clips, rng)
+        starts = train_starts(num_frames, clip_len, n_clips, rng, spread)
     elif mode == "inference":
         starts = inference_starts(num_frames, clip_len, n_clips, position)
     else:
@@ -137,5 +147,5 @@ def indices_for_config(
         num_frames, stored_fps,
         n_clips=s.train_n_clips if train else s.inference_n_clips,
         num_frames_per_clip=s.num_frames, clip_fps=s.fps,
-        mode="train" if train else "inference", rng=rng, position=s.inference_position,
+        mode="train" if train else "inference", rng=rng, position=s.inference_position, spread=s.train_spread,
     )

@@ -49,6 +49,17 @@ def test_train_starts_cover_range_independently():
     assert len(np.unique(first)) == 16
 
 
+def test_segment_spread_puts_one_clip_in_each_nth_of_the_video():
+    rng = np.random.default_rng(3)
+    starts = np.stack([sample_clips(20, 4, n_clips=2, num_frames_per_clip=2, clip_fps=2, mode="train", rng=rng,
+                                    spread="segment").clip_starts for _ in range(500)])  # (500, 2)
+    assert starts[:, 0].min() >= 0 and starts[:, 0].max() <= 8 <= starts[:, 1].min()
+    assert starts[:, 1].max() <= 16  # delta = 20 - 4
+    assert starts[:, 0].max() > 7 and starts[:, 1].min() < 9  # each segment is covered end to end
+    with pytest.raises(ValueError, match="spread must be one of"):
+        sample_clips(20, 4, n_clips=2, num_frames_per_clip=2, clip_fps=2, mode="train", rng=rng, spread="tsn")
+
+
 def test_seed_determinism():
     def draw(seed):
         return sample_clips(50, 4, n_clips=8, num_frames_per_clip=2, clip_fps=2, mode="train",
