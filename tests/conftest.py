@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -102,15 +103,28 @@ def state_api_env(dashboard_port: int) -> dict[str, str]:
     return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
 
 
+@pytest.fixture(scope="session")
+def state_api():
+    """`state_api_env`, for Ray processes started by tests."""
+    return state_api_env
+
+
+@contextlib.contextmanager
+def own_dashboard():
+    """A free dashboard port for a test Ray, with this process's State API pinned to it meanwhile."""
+    port = pick_free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in state_api_env(port).items():
+            mp.setenv(key, value)
+        yield port
+
+
 @pytest.fixture(scope="module")
 def ray_local(ray_env):
     """A local 2-CPU Ray for one test module (with its own dashboard), without Ray Data progress bars."""
     import ray
 
-    port = pick_free_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in state_api_env(port).items():
-            mp.setenv(key, value)
+    with own_dashboard() as port:
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
         ray.data.DataContext.get_current().enable_progress_bars = False
         yield ray
@@ -123,10 +137,7 @@ def ray_two_nodes(ray_env):
     import ray
     from ray.cluster_utils import Cluster
 
-    port = pick_free_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in state_api_env(port).items():
-            mp.setenv(key, value)
+    with own_dashboard() as port:
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
         cluster.add_node(num_cpus=1)

@@ -109,7 +109,7 @@ def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
 
 # ------------------------------------------------------------------------------------- ray job submit
 @pytest.fixture
-def ray_head(ray_env, free_port, tmp_path):
+def ray_head(ray_env, free_port, state_api, tmp_path):
     """`ray start --head --block` from the venv on free ports, with its own temp dir; stopped in teardown.
 
     The head is stopped by signalling its own process group rather than with `ray stop`, which would stop every
@@ -120,7 +120,7 @@ def ray_head(ray_env, free_port, tmp_path):
     dashboard = free_port()
     env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # stop at once on SIGTERM (no 30 s node drain)
-               RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard}")  # see conftest.state_api_env
+               **state_api(dashboard))
     ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
              "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
              "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
