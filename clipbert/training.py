@@ -270,6 +270,16 @@ def _precision(cfg: Config, device: torch.device) -> str:
     return cfg.train.precision
 
 
+def cpu_threads(configured: int, local_workers: int) -> int:
+    """Intra-op threads of a CPU training worker: ``configured`` when > 0, else this process's usable cores
+    divided among the training workers of its node. The data stage's tasks share those cores; they need a
+    small part of them (bench/train.py measures the data-wait fraction)."""
+    if configured > 0:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_workers))
+
+
 def _restore(ckpt, model: torch.nn.Module, optimizer, scaler, device: torch.device) -> _Progress:
     from safetensors.torch import load_file
 
@@ -318,6 +328,10 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg.train.cpu_threads, ctx.get_local_world_size()))
+        if rank == 0:
+            logger.info("CPU training with %d torch threads per worker", torch.get_num_threads())
     precision = _precision(cfg, device)
     model, reports = build_model(cfg.model)
     if rank == 0:

@@ -51,6 +51,18 @@ def test_plan_resources_refuses_what_cannot_be_placed(cluster, workers, gpu, mes
         training.plan_resources(cluster, workers, gpu)
 
 
+@pytest.mark.parametrize("configured, local_workers, cores, expected", [
+    (0, 1, 2, 2),  # one worker on this 2-core machine uses both cores, not Ray's 1 reserved CPU
+    (0, 2, 2, 1),
+    (0, 3, 2, 1),  # never below one thread
+    (0, 4, 16, 4),
+    (3, 1, 2, 3),  # an explicit count wins
+])
+def test_cpu_threads_share_the_node_among_its_workers(monkeypatch, configured, local_workers, cores, expected):
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert training.cpu_threads(configured, local_workers) == expected
+
+
 @pytest.mark.parametrize(
     "rows, batch, workers, accum, epochs, expected",
     [
