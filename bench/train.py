@@ -1,4 +1,5 @@
-"""Benchmark: Ray Train throughput (samples/s) and the fraction of step time spent waiting for data, 1 and 2 workers.
+"""Benchmark: Ray Train throughput (samples/s) and the fraction of step time spent waiting for data, 1 and 2 workers,
+each with the automatic torch thread count (train.cpu_threads=0) and with one thread (what Ray alone gives them).
 
 One run makes (or reuses) a synthetic corpus and its frame store under --workdir, reads the --config preset
 (default synthetic_tiny) once, then fits it once per worker count on a local Ray. The fits are cut into
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=4, help="measurement windows per fit (one evaluation each)")
     p.add_argument("--window-steps", type=int, default=10, help="at least this many optimiser steps per window")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    p.add_argument("--threads", default="0,1", help="comma-separated train.cpu_threads values (0 = automatic: "
+                   "the cores shared among the workers; 1 = what Ray alone gives a worker holding 1 CPU or less); "
+                   "a value giving a worker count the same threads as an earlier one is skipped")
     p.add_argument("--idle-workers", choices=["raised", "default", "both"], default="raised",
                    help="Ray's idle worker limit: raised as jobs/train.py does, Ray's default, or both")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
@@ -63,19 +67,20 @@ def prepare_corpus(workdir: Path, n_videos: int, seed: int) -> Path:
     return root
 
 
-def fit_once(args: argparse.Namespace, base: Config, workers: int, storage: str) -> dict:
-    """One fit of `base` with `workers` workers; returns its configuration and per-window throughput."""
+def fit_once(args: argparse.Namespace, base: Config, workers: int, threads: int, storage: str) -> dict:
+    """One fit of `base` with `workers` workers of `threads` torch threads each (train.cpu_threads); returns its
+    configuration and per-window throughput."""
     from clipbert.training import build_trainer, prepare_task, schedule
 
     cfg = copy.deepcopy(base)
-    cfg.train.num_workers, cfg.train.keep_checkpoints = workers, 1000
+    cfg.train.num_workers, cfg.train.keep_checkpoints, cfg.train.cpu_threads = workers, 1000, threads
     task = prepare_task(cfg)
     steps_per_epoch, _ = schedule(cfg, len(task.train), workers)
     epochs_per_window = math.ceil(args.window_steps / steps_per_epoch)
     cfg.optim.num_epochs = float(epochs_per_window * args.windows)
     cfg.train.eval_every_steps = epochs_per_window * steps_per_epoch
     start = time.perf_counter()
-    result = build_trainer(cfg, task, storage_path=storage, name=f"workers_{workers}").fit()
+    result = build_trainer(cfg, task, storage_path=storage, name=f"workers_{workers}_threads_{threads}").fit()
     wall = time.perf_counter() - start
     if result.error:
         raise result.error
@@ -86,7 +91,7 @@ def fit_once(args: argparse.Namespace, base: Config, workers: int, storage: str)
     total = windows[-1]["step"]
     samples = total * cfg.optim.batch_size * workers * cfg.optim.grad_accum_steps
     return {
-        "workers": workers, "train_rows": len(task.train), "steps": total, "epochs": cfg.optim.num_epochs,
+        "workers": workers, "threads": threads, "train_rows": len(task.train), "steps": total, "epochs": cfg.optim.num_epochs,
         "fit_wall_s": wall, "samples_per_s_fit": samples / wall,
         "samples_per_s_first": windows[0]["train_samples_per_s"], "data_wait_first": windows[0]["data_wait_fraction"],
         "samples_per_s_steady": sum(w["train_samples_per_s"] for w in steady) / len(steady),
@@ -101,6 +106,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def fits(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(workers, resolved torch threads per worker) to measure, without repeats."""
+    from clipbert.training import cpu_threads
+
+    out: list[tuple[int, int]] = []
+    for w in (int(v) for v in args.workers.split(",")):
+        for t in (int(v) for v in args.threads.split(",")):
+            if (w, cpu_threads(t, w)) not in out:
+                out.append((w, cpu_threads(t, w)))
+    return out
+
+
 def run_mode(args: argparse.Namespace, mode: str, base: Config, storage: str) -> list[dict]:
     """Every worker count on a fresh local Ray whose idle worker limit is `mode` ("raised" or "default")."""
     import ray
@@ -113,8 +130,7 @@ def run_mode(args: argparse.Namespace, mode: str, base: Config, storage: str) ->
     ray.init(address="local", dashboard_port=_free_port(), log_to_driver=False)  # never another cluster here
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        return [{"idle_workers": mode, **fit_once(args, base, w, f"{storage}/{mode}")}
-                for w in (int(w) for w in args.workers.split(","))]
+        return [{"idle_workers": mode, **fit_once(args, base, w, t, f"{storage}/{mode}")} for w, t in fits(args)]
     finally:
         ray.shutdown()
 
@@ -126,15 +142,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    root = prepare_corpus(args.workdir, args.videos, args.seed)
+    root = prepare_corpus(args.workdir.resolve(), args.videos, args.seed)  # absolute: workers run elsewhere
     ray.shutdown()
     base = load_config(args.config, [f"data.root={root}", *args.set])  # read once: every fit trains the same
     modes = ["raised", "default"] if args.idle_workers == "both" else [args.idle_workers]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as storage:
         results = [r for mode in modes for r in run_mode(args, mode, base, storage)]
-    columns = ["idle workers", "workers", "steps", "epochs", "samples/s steady", "data-wait steady",
+    columns = ["idle workers", "workers", "threads", "steps", "epochs", "samples/s steady", "data-wait steady",
                "samples/s 1st window", "data-wait 1st window", "fit wall s", "samples/s incl. start-up"]
-    rows = [[r["idle_workers"], r["workers"], r["steps"], r["epochs"], r["samples_per_s_steady"],
+    rows = [[r["idle_workers"], r["workers"], r["threads"], r["steps"], r["epochs"], r["samples_per_s_steady"],
              f"{100 * r['data_wait_steady']:.0f}%", r["samples_per_s_first"], f"{100 * r['data_wait_first']:.0f}%",
              r["fit_wall_s"], r["samples_per_s_fit"]] for r in results]
     print_table(f"Ray Train on {args.config} (batch {base.optim.batch_size} per worker), {args.videos}-video "
