@@ -2,13 +2,13 @@
 each with the automatic torch thread count (train.cpu_threads=0) and with one thread (what Ray alone gives them).
 
 One run makes (or reuses) a synthetic corpus and its frame store under --workdir, reads the --config preset
-(default synthetic_tiny) once, then fits it once per worker count on a local Ray. The fits are cut into
---windows windows of whole epochs (at least --window-steps optimiser steps each), with one evaluation at the
-end of each. Every evaluation reports ``train_samples_per_s`` (all workers) and ``data_wait_fraction`` (rank
-0's time waiting for the next batch) over its window, so both include the data pipeline's restart at each
-epoch. The first window also holds the pipeline's start-up: the table shows it apart from the later
-("steady") ones. ``--idle-workers both`` repeats everything with Ray's default limit of idle worker
-processes (one per CPU, see training.keep_idle_workers), which jobs/train.py raises for a local Ray.
+(default synthetic_tiny) once, then fits it once per (worker count, thread count) on a local Ray. The fits
+are cut into --windows windows of whole epochs (at least --window-steps optimiser steps each), with one
+evaluation at the end of each. Every evaluation reports ``train_samples_per_s`` (all workers) and
+``data_wait_fraction`` (rank 0's time waiting for the next batch) over its window, so both include the data
+pipeline's restart at each epoch. The first window also holds the pipeline's start-up: the table shows it
+apart from the later ("steady") ones. ``--idle-workers both`` repeats everything with Ray's default limit of
+idle worker processes (one per CPU, see training.keep_idle_workers), which jobs/train.py raises for a local Ray.
 
 Usage:
     python bench/train.py --output bench_results
@@ -91,7 +91,8 @@ def fit_once(args: argparse.Namespace, base: Config, workers: int, threads: int,
     total = windows[-1]["step"]
     samples = total * cfg.optim.batch_size * workers * cfg.optim.grad_accum_steps
     return {
-        "workers": workers, "threads": threads, "train_rows": len(task.train), "steps": total, "epochs": cfg.optim.num_epochs,
+        "workers": workers, "threads": threads, "train_rows": len(task.train), "steps": total,
+        "epochs": cfg.optim.num_epochs,
         "fit_wall_s": wall, "samples_per_s_fit": samples / wall,
         "samples_per_s_first": windows[0]["train_samples_per_s"], "data_wait_first": windows[0]["data_wait_fraction"],
         "samples_per_s_steady": sum(w["train_samples_per_s"] for w in steady) / len(steady),
@@ -112,9 +113,9 @@ def fits(args: argparse.Namespace) -> list[tuple[int, int]]:
 
     out: list[tuple[int, int]] = []
     for w in (int(v) for v in args.workers.split(",")):
-        for t in (int(v) for v in args.threads.split(",")):
-            if (w, cpu_threads(t, w)) not in out:
-                out.append((w, cpu_threads(t, w)))
+        for fit in ((w, cpu_threads(int(t), w)) for t in args.threads.split(",")):
+            if fit not in out:
+                out.append(fit)
     return out
 
 

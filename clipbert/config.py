@@ -148,7 +148,7 @@ class TrainConfig:
     cpus_per_worker: float = 0.0  # 0 = fit workers and data stage to the cluster as it is now; > 0 = fixed
     # (autoscaling clusters, whose nodes appear after submission: no placement check, 1 CPU per data task)
     cpu_threads: int = 0  # CPU training: torch intra-op threads per worker; 0 = the node's cores shared among its
-    # workers (Ray would give each worker only its whole reserved CPUs, e.g. 1 of 2 cores with the data stage on the other)
+    # workers (Ray alone gives a worker its whole reserved CPUs: 1 of 2 cores, with the data stage on the other)
 
 
 @dataclass
