@@ -4,7 +4,11 @@ Synthesizes (once) a two-event moving-shape corpus with held-out validation vide
 frame store, then runs ``jobs/train.py`` in a subprocess for each mode under a wall-time budget:
 
 - sparse: ``synthetic_tiny`` (N = 2 random clips of T = 2 frames per video per step, one per half of the video);
-- dense:  ``synthetic_tiny_dense`` (ONE clip made of every stored frame of the video, uniformly spaced).
+- dense:  ``synthetic_tiny_dense`` (ONE clip made of every stored frame of the video, uniformly spaced);
+- pretrained: ``synthetic_tiny`` finetuned from a pretrained CNN (``model.init_checkpoint``), as ClipBERT
+  finetunes from an ImageNet-pretrained ResNet. The CNN is trained first by ``clipbert.cnn_pretrain`` on a corpus
+  synthesized with another seed (``--pretrain-seed``; none of its videos is in the retrieval splits), and
+  that pretraining counts in the mode's wall time and budget.
 
 While a run trains, the validation curve is read from its TensorBoard events (every evaluation writes
 ``val/*`` scalars with the step and a wall-clock stamp): held-out text-to-video R@1 of the cross-encoder
@@ -15,8 +19,9 @@ table, writes OUT/learn.json and OUT/learn.png. The machine's load average is re
 comparable between runs on an otherwise idle machine.
 
 Usage:
-    python bench/learn.py --output bench_results                                # sparse then dense, 20 min each
+    python bench/learn.py --output bench_results                                # all three modes, 20 min each
     python bench/learn.py --output bench_results --modes sparse --stop-at-target  # stop once the targets are met
+    python bench/learn.py --output bench_results --modes pretrained              # pretrain the CNN, then sparse
     python bench/learn.py --output bench_results --workdir /tmp/learn --budget-min 10 --set optim.lr=5e-4
 """
 
@@ -41,7 +46,7 @@ from common import print_table, write_json  # noqa: E402
 
 from clipbert.config import load_config  # noqa: E402
 
-MODES = {"sparse": "synthetic_tiny", "dense": "synthetic_tiny_dense"}  # mode -> preset
+MODES = {"sparse": "synthetic_tiny", "dense": "synthetic_tiny_dense", "pretrained": "synthetic_tiny"}  # -> preset
 CURVE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "itc_t2v_r5", "mc_acc", "epoch", "eval_s")
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 POLL_S = 5.0
@@ -141,8 +146,29 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_mode(mode: str, preset: str, root: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    """Train one mode under the budget; returns its curve, the reason it stopped and the summary figures."""
+def pretrained_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """Synthesize the pretraining corpus (its own seed) and pretrain the CNN on it, both cached."""
+    from clipbert.cnn_pretrain import pretrain_cnn
+
+    if args.pretrain_seed == args.seed:
+        raise SystemExit("--pretrain-seed must differ from --seed: the pretraining videos must not be retrieval ones")
+    splits = tuple(int(v) for v in args.pretrain_splits.split(","))
+    root = prepare_corpus(workdir, splits, args.pretrain_seed, args.max_side)
+    out = workdir / f"cnn_{root.name}_{args.pretrain_min:g}min"
+    if not (out / "pretrain_metrics.json").exists():
+        print(f"pretraining the CNN on {root} for {args.pretrain_min:g} min ...", flush=True)
+        pretrain_cnn(load_config(MODES["pretrained"]).model, root, root / "frames", out, minutes=args.pretrain_min)
+    metrics = json.loads((out / "pretrain_metrics.json").read_text())
+    print(f"pretrained CNN {out}: {metrics['steps']} steps in {metrics['seconds']:.0f} s, held-out accuracy "
+          f"{metrics['accuracy_after']}", flush=True)
+    return out, metrics
+
+
+def run_mode(mode: str, preset: str, root: Path, args: argparse.Namespace, extra: list[str],
+             offset_s: float = 0.0) -> dict[str, Any]:
+    """Train one mode under the budget; returns its curve, the reason it stopped and the summary figures.
+
+    ``offset_s`` (seconds already spent on this mode, e.g. pretraining) is added to its wall times and budget."""
     storage = Path(args.workdir) / "runs"
     name = f"learn_{mode}"
     shutil.rmtree(storage / name, ignore_errors=True)
@@ -155,7 +181,7 @@ def run_mode(mode: str, preset: str, root: Path, args: argparse.Namespace, extra
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     budget_s = 60.0 * args.budget_min
     loads, reason, hit, shown = [], "finished", None, 0
-    t0 = time.time()
+    t0 = time.time() - offset_s
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
         try:
@@ -251,12 +277,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--splits", default="400,100,100", help="TRAIN,VAL,TEST videos of the synthetic corpus")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--max-side", type=int, default=160, help="longer side of the stored frames")
-    p.add_argument("--modes", default="sparse,dense", help="comma-separated, from: " + ", ".join(MODES))
+    p.add_argument("--modes", default="sparse,dense,pretrained", help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--budget-min", type=float, default=20.0, help="wall-time budget per mode (minutes)")
     p.add_argument("--stop-at-target", action="store_true", help="stop a mode once t2v_r1 and mc_acc reach the targets")
     p.add_argument("--num-workers", type=int, default=1,
                    help="Ray Train workers (on 2 cores one worker, batch 16 per step, learns faster per minute than two)")
     p.add_argument("--eval-every", type=int, default=250, help="optimiser steps between evaluations (sparse mode)")
+    p.add_argument("--pretrain-seed", type=int, default=1, help="seed of the pretraining corpus (pretrained mode)")
+    p.add_argument("--pretrain-splits", default="400,50,0", help="TRAIN,VAL,TEST videos of the pretraining corpus")
+    p.add_argument("--pretrain-min", type=float, default=2.0, help="minutes of CNN pretraining (pretrained mode)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every mode")
     return p.parse_args(argv)
 
@@ -271,21 +300,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = prepare_corpus(Path(args.workdir).resolve(), splits, args.seed, args.max_side)
     dense_frames = max_stored_frames(root / "frames")
     load_before = os.getloadavg()
-    results = []
+    results, pretrain = [], None
     for mode in modes:
-        extra = []
+        extra, offset_s = [], 0.0
+        if mode == "pretrained":
+            cnn_dir, pretrain = pretrained_cnn(Path(args.workdir).resolve(), args)
+            extra, offset_s = [f"model.init_checkpoint={cnn_dir}"], pretrain["seconds"]
         if mode == "dense":  # evaluate after the same number of decoded frames as the sparse mode, not steps
             sparse = load_config(MODES["sparse"]).sampling
             every = max(1, round(args.eval_every * sparse.train_n_clips * sparse.num_frames / dense_frames))
             extra = [f"sampling.dense_num_frames={dense_frames}", f"train.eval_every_steps={every}",
                      f"train.log_every_steps={max(1, every // 5)}"]
-        results.append(run_mode(mode, MODES[mode], root, args, extra))
+        results.append(run_mode(mode, MODES[mode], root, args, extra, offset_s))
     print_results(results)
     out = Path(args.output)
     plot(results, out / "learn.png")
     payload = {"corpus": str(root), "splits": splits, "targets": TARGETS, "budget_min": args.budget_min,
                "num_workers": args.num_workers, "dense_num_frames": dense_frames, "load_avg_before": load_before,
-               "results": results}
+               "pretrain": pretrain, "results": results}
     write_json(out, "learn", payload)
     print(f"wrote {out / 'learn.png'}")
     return payload
