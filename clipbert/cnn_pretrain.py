@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from safetensors.torch import save_file
 
 from clipbert.checkpoint import WEIGHTS_NAME
