@@ -28,6 +28,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -147,17 +149,20 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def pretrained_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """Synthesize the pretraining corpus (its own seed) and pretrain the CNN on it, both cached."""
+    """Synthesize the pretraining corpus (its own seed) and pretrain the CNN on it, both cached (the CNN by its
+    model config)."""
     from clipbert.cnn_pretrain import pretrain_cnn
 
     if args.pretrain_seed == args.seed:
         raise SystemExit("--pretrain-seed must differ from --seed: the pretraining videos must not be retrieval ones")
     splits = tuple(int(v) for v in args.pretrain_splits.split(","))
     root = prepare_corpus(workdir, splits, args.pretrain_seed, args.max_side)
-    out = workdir / f"cnn_{root.name}_{args.pretrain_min:g}min"
+    model_cfg = load_config(MODES["pretrained"], args.set).model  # the model the mode trains, --set included
+    key = hashlib.blake2b(json.dumps(dataclasses.asdict(model_cfg), sort_keys=True).encode(), digest_size=4).hexdigest()
+    out = workdir / f"cnn_{root.name}_{args.pretrain_min:g}min_{key}"
     if not (out / "pretrain_metrics.json").exists():
         print(f"pretraining the CNN on {root} for {args.pretrain_min:g} min ...", flush=True)
-        pretrain_cnn(load_config(MODES["pretrained"]).model, root, root / "frames", out, minutes=args.pretrain_min)
+        pretrain_cnn(model_cfg, root, root / "frames", out, minutes=args.pretrain_min)
     metrics = json.loads((out / "pretrain_metrics.json").read_text())
     print(f"pretrained CNN {out}: {metrics['steps']} steps in {metrics['seconds']:.0f} s, held-out accuracy "
           f"{metrics['accuracy_after']}", flush=True)
@@ -297,14 +302,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
     splits = tuple(int(v) for v in args.splits.split(","))
-    root = prepare_corpus(Path(args.workdir).resolve(), splits, args.seed, args.max_side)
+    workdir = Path(args.workdir).resolve()
+    root = prepare_corpus(workdir, splits, args.seed, args.max_side)
     dense_frames = max_stored_frames(root / "frames")
     load_before = os.getloadavg()
     results, pretrain = [], None
     for mode in modes:
         extra, offset_s = [], 0.0
         if mode == "pretrained":
-            cnn_dir, pretrain = pretrained_cnn(Path(args.workdir).resolve(), args)
+            cnn_dir, pretrain = pretrained_cnn(workdir, args)
             extra, offset_s = [f"model.init_checkpoint={cnn_dir}"], pretrain["seconds"]
         if mode == "dense":  # evaluate after the same number of decoded frames as the sparse mode, not steps
             sparse = load_config(MODES["sparse"]).sampling

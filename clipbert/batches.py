@@ -49,13 +49,18 @@ def _tokenizer(path: str):
     return load_tokenizer(path)
 
 
+def stored_frames(store: FrameStore, video_id: str, indices: Sequence[int], img_size: int) -> torch.Tensor:
+    """Stored frames of one video, decoded, resized and padded to the model's input: uint8 (M, 3, S, S)."""
+    frames = store.get(video_id, indices, min_side=img_size)  # (M, H, W, 3)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (M, 3, H, W)
+    return resize_and_pad(x, img_size, out_dtype=torch.uint8)  # (M, 3, S, S)
+
+
 def video_clips(store: FrameStore, video_id: str, cfg: Config, *, train: bool, rng: np.random.Generator | None) -> np.ndarray:
     """The N clips of one video: uint8 (N, T, 3, S, S)."""
     clips = indices_for_config(cfg.sampling, store.num_frames(video_id), store.fps(video_id), train=train, rng=rng)
     n, t = clips.frame_indices.shape
-    frames = store.get(video_id, clips.frame_indices.reshape(-1), min_side=cfg.model.img_size)  # (N*T, H, W, 3)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N*T, 3, H, W)
-    x = resize_and_pad(x, cfg.model.img_size, out_dtype=torch.uint8)  # (N*T, 3, S, S)
+    x = stored_frames(store, video_id, clips.frame_indices.reshape(-1), cfg.model.img_size)  # (N*T, 3, S, S)
     return x.reshape(n, t, *x.shape[1:]).numpy()  # (N, T, 3, S, S)
 
 

@@ -27,10 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from clipbert.batches import stored_frames
 from clipbert.checkpoint import WEIGHTS_NAME
 from clipbert.config import ModelConfig
 from clipbert.frames import FrameStore
-from clipbert.model import GridFeatBackbone, resize_and_pad
+from clipbert.model import GridFeatBackbone
 from clipbert.synthetic import ATTRIBUTES
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,7 @@ class AttributeClassifier(nn.Module):
 
 
 def _frames(store: FrameStore, clips: Sequence[ClipLabel], img_size: int) -> torch.Tensor:
-    out = []
-    for clip in clips:
-        x = torch.from_numpy(store.get(clip.video_id, list(clip.frame_indices), min_side=img_size))
-        out.append(resize_and_pad(x.permute(0, 3, 1, 2), img_size, out_dtype=torch.uint8))  # (T, 3, S, S)
-    return torch.stack(out)  # (B, T, 3, S, S)
+    return torch.stack([stored_frames(store, c.video_id, c.frame_indices, img_size) for c in clips])  # (B, T, 3, S, S)
 
 
 def _labels(clips: Sequence[ClipLabel]) -> torch.Tensor:
@@ -146,8 +143,8 @@ def load_corpus_videos(corpus_dir: str | Path, store: FrameStore) -> dict[str, l
 
 
 def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Path, out_dir: str | Path, *,
-                    minutes: float = 2.0, max_steps: int = 0, batch_size: int = 32, lr: float = 1e-3,
-                    num_frames: int = 2, seed: int = 0, eval_clips: int = 256, log_every: int = 50) -> dict:
+                 minutes: float = 2.0, max_steps: int = 0, batch_size: int = 32, lr: float = 1e-3,
+                 num_frames: int = 2, seed: int = 0, eval_clips: int = 256, log_every: int = 50) -> dict:
     """Train AttributeClassifier on the corpus's train videos for `minutes` (or `max_steps` when > 0), then save
     its CNN to `out_dir`: ``model.safetensors`` (ClipBert key names, ``cnn.*``) and ``pretrain_metrics.json``.
 
@@ -161,13 +158,17 @@ def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Pa
     model = AttributeClassifier(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
-    held_out_videos = videos.get("val") or videos["train"]
-    held_out = _draw(held_out_videos, store, eval_clips, num_frames, np.random.default_rng(seed + 1))
+    held_out_split = "val" if videos.get("val") else "train"
+    held_out = _draw(videos[held_out_split], store, eval_clips, num_frames, np.random.default_rng(seed + 1))
     eval_frames, eval_labels = _frames(store, held_out, cfg.img_size), _labels(held_out)
     before = accuracy(model, eval_frames, eval_labels)
     model.train()
     t0, step, losses = time.time(), 0, []
-    while (max_steps <= 0 or step < max_steps) and (max_steps > 0 or time.time() - t0 < 60 * minutes):
+
+    def more() -> bool:
+        return step < max_steps if max_steps > 0 else time.time() - t0 < 60 * minutes
+
+    while more():
         clips = _draw(videos["train"], store, batch_size, num_frames, rng)
         logits = model(_frames(store, clips, cfg.img_size))
         labels = _labels(clips)
@@ -182,8 +183,8 @@ def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Pa
     seconds = time.time() - t0
     after = accuracy(model, eval_frames, eval_labels)
     metrics = {"steps": step, "seconds": seconds, "final_loss": float(np.mean(losses[-log_every:])) if losses else None,
-               "held_out_split": "val" if videos.get("val") else "train", "accuracy_before": before,
-               "accuracy_after": after, "corpus": str(corpus_dir)}
+               "held_out_split": held_out_split, "accuracy_before": before, "accuracy_after": after,
+               "corpus": str(corpus_dir)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({f"cnn.{k}": v.contiguous() for k, v in model.cnn.state_dict().items()}, str(out / WEIGHTS_NAME))

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         pretrain_cnn(cfg.model, corpus, frames, args.output, minutes=args.minutes, max_steps=args.max_steps,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                     batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
