@@ -1,4 +1,4 @@
-"""CPU stage of the training data path: annotation rows -> sampled clips (decoded, resized) and tokenised texts.
+"""CPU stage of the training data path: annotation rows -> sampled clips (clipbert.clips) and tokenised texts.
 
 ``make_batch`` runs inside Ray Data ``map_batches`` tasks (and directly in tests). A batch is a dict of
 numpy arrays with fixed keys:
@@ -17,19 +17,15 @@ time a row passes through; inference takes N uniform clips (``sampling.inference
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from clipbert.config import Config, config_from_dict
-from clipbert.frames import FrameStore
-from clipbert.model import resize_and_pad
-from clipbert.sampling import indices_for_config
-from clipbert.text import load_tokenizer, tokenize
+from clipbert.clips import open_store, video_clips
+from clipbert.config import config_from_dict
+from clipbert.text import cached_tokenizer, tokenize
 
 BATCH_KEYS = ("frames", "input_ids", "attention_mask", "label", "example_id", "video_key")
 
@@ -37,31 +33,6 @@ BATCH_KEYS = ("frames", "input_ids", "attention_mask", "label", "example_id", "v
 def video_key(video_id: str) -> int:
     """A stable signed 64-bit hash of a video id (the same in every process, unlike hash())."""
     return int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little", signed=True)
-
-
-@functools.lru_cache(maxsize=4)
-def _store(root: str) -> FrameStore:
-    return FrameStore(root)
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    return load_tokenizer(path)
-
-
-def stored_frames(store: FrameStore, video_id: str, indices: Sequence[int], img_size: int) -> torch.Tensor:
-    """Stored frames of one video, decoded, resized and padded to the model's input: uint8 (M, 3, S, S)."""
-    frames = store.get(video_id, indices, min_side=img_size)  # (M, H, W, 3)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (M, 3, H, W)
-    return resize_and_pad(x, img_size, out_dtype=torch.uint8)  # (M, 3, S, S)
-
-
-def video_clips(store: FrameStore, video_id: str, cfg: Config, *, train: bool, rng: np.random.Generator | None) -> np.ndarray:
-    """The N clips of one video: uint8 (N, T, 3, S, S)."""
-    clips = indices_for_config(cfg.sampling, store.num_frames(video_id), store.fps(video_id), train=train, rng=rng)
-    n, t = clips.frame_indices.shape
-    x = stored_frames(store, video_id, clips.frame_indices.reshape(-1), cfg.model.img_size)  # (N*T, 3, S, S)
-    return x.reshape(n, t, *x.shape[1:]).numpy()  # (N, T, 3, S, S)
 
 
 def draw_negatives(
@@ -97,7 +68,7 @@ def make_batch(
         seed: seed of the clip/negative draws; None draws fresh entropy (new clips every epoch).
     """
     c = config_from_dict(cfg)
-    store, tok = _store(c.data.frame_store), _tokenizer(c.data.tokenizer)
+    store, tok = open_store(c.data.frame_store), cached_tokenizer(c.data.tokenizer)
     rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
     video_ids = [str(v) for v in batch["video_id"]]
     texts = [list(t) for t in batch["texts"]]
@@ -120,9 +91,3 @@ def make_batch(
         "example_id": np.asarray(batch["example_id"], dtype=np.int64),
         "video_key": np.asarray([video_key(v) for v in video_ids], dtype=np.int64),
     }
-
-
-def video_batch(video_ids: Sequence[str], cfg: Config) -> np.ndarray:
-    """Inference clips of several videos: uint8 (B, N, T, 3, S, S) (for evaluation and indexing)."""
-    store = _store(cfg.data.frame_store)
-    return np.stack([video_clips(store, v, cfg, train=False, rng=None) for v in video_ids])

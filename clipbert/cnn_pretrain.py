@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from clipbert.batches import stored_frames
 from clipbert.checkpoint import WEIGHTS_NAME
+from clipbert.clips import stored_frames
 from clipbert.config import ModelConfig
 from clipbert.frames import FrameStore
 from clipbert.model import GridFeatBackbone

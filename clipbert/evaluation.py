@@ -1,42 +1,26 @@
 """Dense-inference evaluation: N uniform clips per video, clip consensus, then retrieval / MC / QA metrics.
 
-Retrieval is scored as the original: every (caption, video) pair through the cross-encoder
-(``softmax(consensus(logits))[1]``), but the CNN runs once per video rather than once per text batch.
-With contrastive heads, the dual-encoder scores are reported too (keys prefixed ``itc_``).
+Retrieval is scored as the original: every (caption, video) pair through the cross-encoder (clipbert.scoring),
+but the CNN runs once per video rather than once per text batch. With contrastive heads, the dual-encoder
+scores are reported too (keys prefixed ``itc_``).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from clipbert.batches import _tokenizer, video_batch
+from clipbert.clips import video_batch
 from clipbert.config import Config
 from clipbert.data import Row, retrieval_eval_lists
-from clipbert.losses import itm_scores, predict
+from clipbert.losses import predict
 from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics
-from clipbert.model import ClipBert, aggregate_clip_embeddings
-from clipbert.text import tokenize
-
-
-def autocast(device: torch.device, precision: str):
-    """torch.autocast for "bf16"/"fp16" on the device's type; a no-op for "fp32"."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
-
-
-def _texts(cfg: Config, texts: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tokenize(_tokenizer(cfg.data.tokenizer), texts, cfg.data.max_txt_len, return_tensors="pt")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (M, L) each
+from clipbert.model import ClipBert
+from clipbert.scoring import (
+    autocast, chunks, clip_embeddings, cross_scores, text_embeddings, tokenize_texts, video_grids,
+)
 
 
 @torch.no_grad()
@@ -45,26 +29,19 @@ def retrieval_scores(
     *, video_batch_size: int = 8, text_batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """All-pairs cross-encoder scores (n_captions, n_videos) and, with contrastive heads, ITC similarities."""
-    ids, mask = _texts(cfg, captions, device)  # (M, L)
+    ids, mask = tokenize_texts(cfg, captions, device)  # (M, L)
     scores = np.zeros((len(captions), len(video_ids)), dtype=np.float32)
     video_emb = []
-    for vs in _chunks(len(video_ids), video_batch_size):
-        frames = torch.from_numpy(video_batch(video_ids[vs], cfg)).to(device)  # (b, N, T, 3, S, S)
+    for vs, grid in video_grids(model, cfg, video_ids, device, batch_size=video_batch_size):
         with autocast(device, cfg.train.precision):
-            grid = model.encode_grid(frames)  # (b, N, h, w, D)
+            scores[:, vs] = cross_scores(model, grid, ids, mask, cfg.model.consensus,
+                                         text_batch_size=text_batch_size).cpu().numpy()  # (M, b)
             if cfg.model.contrastive:
-                video_emb.append(aggregate_clip_embeddings(model.embed_grid(grid)).float())  # (b, E)
-            b = grid.shape[0]
-            for ts in _chunks(len(captions), text_batch_size):
-                k = ts.stop - ts.start
-                logits = model.score_grid(grid, ids[ts].expand(b, k, -1), mask[ts].expand(b, k, -1))  # (b, k, N, 2)
-                scores[ts, vs] = itm_scores(logits, cfg.model.consensus).float().cpu().numpy().T  # (k, b)
+                video_emb.append(clip_embeddings(model, grid)[1])  # (b, E)
     if not cfg.model.contrastive:
         return scores, None
-    with autocast(device, cfg.train.precision):
-        text_emb = torch.cat([model.encode_text(ids[ts], mask[ts]).float() for ts in _chunks(len(captions), 256)])
-    video = torch.cat(video_emb)  # (n_videos, E)
-    return scores, (text_emb @ video.t()).cpu().numpy()  # (n_captions, n_videos)
+    text = text_embeddings(model, ids, mask, cfg.train.precision)  # (M, E)
+    return scores, (text @ torch.cat(video_emb).t()).cpu().numpy()  # (n_captions, n_videos)
 
 
 @torch.no_grad()
@@ -72,11 +49,11 @@ def choice_predictions(model: ClipBert, cfg: Config, rows: Sequence[Row], device
                        batch_size: int = 8) -> np.ndarray:
     """Argmax over each row's K texts (MC options scored by the MC or ITM head) or over the QA answers."""
     preds = []
-    for rs in _chunks(len(rows), batch_size):
+    for rs in chunks(len(rows), batch_size):
         chunk = rows[rs]
         frames = torch.from_numpy(video_batch([r["video_id"] for r in chunk], cfg)).to(device)
         k = len(chunk[0]["texts"])
-        ids, mask = _texts(cfg, [t for r in chunk for t in r["texts"]], device)
+        ids, mask = tokenize_texts(cfg, [t for r in chunk for t in r["texts"]], device)
         with autocast(device, cfg.train.precision):
             logits = model(frames, ids.view(len(chunk), k, -1), mask.view(len(chunk), k, -1))  # (b, K, N, C)
         preds.append(predict(cfg.model.head, logits, cfg.model.consensus).cpu().numpy())

@@ -6,7 +6,7 @@ row/col position + visual token type embeddings, LayerNorm, dropout -> [text tok
 the text mask plus ones -> BERT encoder -> pooler -> dropout -> MLP D->2D->C.
 
 Tensor conventions: frames (B, N, T, 3, S, S) RGB, uint8 or float in 0-255, already resized and padded to
-S = img_size (``resize_and_pad``); texts (B, K, L) = K texts per video (retrieval: 1 positive + negatives;
+S = img_size (``clipbert.clips.resize_and_pad``); texts (B, K, L) = K texts per video (retrieval: 1 positive + negatives;
 MC: one per option; QA: 1). The CNN runs once per clip frame for all B*N*T frames in one call; visual
 tokens are expanded (no copy) across the K texts and text embeddings across the N clips before one BERT
 pass over all B*K*N (text, clip) sequences. ``forward`` returns per-clip logits (B, K, N, C); consensus
@@ -48,43 +48,6 @@ logger = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "logit_scale")
 INIT_STD = 0.02  # BERT initializer_range, used for every new (non-pretrained) layer
-
-
-# ----------------------------------------------------------------------------------------------- pixels
-def resize_size(height: int, width: int, max_size: int) -> tuple[int, int]:
-    """The original's get_resize_size: longer side -> max_size, shorter side int-truncated (min 1)."""
-    if height >= width:
-        ratio = width * 1.0 / height
-        return max_size, max(1, int(max_size * ratio))
-    ratio = height * 1.0 / width
-    return max(1, int(max_size * ratio)), max_size
-
-
-def resize_and_pad(frames: torch.Tensor, img_size: int, *, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Resize the longer side to img_size (bilinear, align_corners=False, upscaling too) and zero-pad right/bottom.
-
-    Args:
-        frames: (..., 3, H, W) RGB, uint8 or float in 0-255, on any device.
-        img_size: S, the output side.
-        out_dtype: float32 keeps the interpolated values as the original does; uint8 rounds them.
-
-    Returns:
-        (..., 3, S, S) tensor of `out_dtype` on the input's device.
-    """
-    if frames.ndim < 3 or frames.shape[-3] != 3:
-        raise ValueError(f"frames must be (..., 3, H, W), got shape {tuple(frames.shape)}")
-    height, width = frames.shape[-2:]
-    if height == 0 or width == 0:
-        raise ValueError(f"empty frame of size {height}x{width}")
-    lead = frames.shape[:-3]
-    x = frames.reshape(-1, 3, height, width).float()  # (M, 3, H, W)
-    new_h, new_w = resize_size(height, width, img_size)
-    if (new_h, new_w) != (height, width):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)  # (M, 3, h, w)
-    x = F.pad(x, (0, img_size - new_w, 0, img_size - new_h))  # (M, 3, S, S), zeros right/bottom
-    if out_dtype == torch.uint8:
-        x = x.round().clamp(0, 255)
-    return x.to(out_dtype).reshape(*lead, 3, img_size, img_size)  # (..., 3, S, S)
 
 
 # ----------------------------------------------------------------------------------------------- modules

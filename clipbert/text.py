@@ -1,7 +1,8 @@
-"""Tokenizer helpers: load a local BERT word-piece tokenizer, build a vocab.txt from words, tokenize to fixed length."""
+"""Tokenizer loading and tokenisation: a local BERT word-piece tokenizer, a vocab.txt from words, fixed-length ids."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import string
@@ -31,6 +32,12 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     if p.is_dir() and ((p / "tokenizer.json").is_file() or (p / "vocab.txt").is_file()):
         return BertTokenizerFast.from_pretrained(str(p))
     raise FileNotFoundError(f"no tokenizer at {p} (expected a directory with vocab.txt/tokenizer.json or a vocab.txt)")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(path: str) -> BertTokenizerFast:
+    """The process's tokenizer for `path` (load_tokenizer, loaded once per process)."""
+    return load_tokenizer(path)
 
 
 def write_vocab(words: Iterable[str], out_dir: str | Path) -> Path:

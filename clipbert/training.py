@@ -25,10 +25,11 @@ from clipbert.batches import make_batch
 from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, build_model, save_checkpoint
 from clipbert.config import Config, config_from_dict, config_to_dict
 from clipbert.data import LoadReport, Row, build_ans2label, load_ans2label, load_annotations
-from clipbert.evaluation import autocast, evaluate
+from clipbert.evaluation import evaluate
 from clipbert.frames import FrameStore
 from clipbert.losses import contrastive_loss, task_loss
 from clipbert.model import apply_lr, build_optimizer
+from clipbert.scoring import autocast
 
 logger = logging.getLogger(__name__)
 

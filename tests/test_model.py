@@ -1,4 +1,4 @@
-"""Tests for the ClipBERT model: shapes, pixel path, consensus and losses, batching, freezing, optimiser groups."""
+"""Tests for the ClipBERT model: shapes, CNN input and losses, batching, freezing, optimiser groups."""
 
 import dataclasses
 import math
@@ -24,7 +24,6 @@ from clipbert.model import (
     param_groups,
     predict,
     qa_loss,
-    resize_and_pad,
     task_loss,
 )
 
@@ -134,30 +133,6 @@ def test_bad_frames_and_text(model):
         model(frames, ids[:1], mask[:1])
     with pytest.raises(ValueError, match=r"\(B, K, L\)"):
         model(frames, ids, mask[:, :, :4])
-
-
-# ----------------------------------------------------------------------------------------------- pixels
-def test_resize_and_pad_landscape_and_portrait():
-    frames = torch.randint(0, 256, (2, 3, 30, 60), dtype=torch.uint8)  # (T, 3, H, W) landscape
-    out = resize_and_pad(frames, 64)
-    assert out.shape == (2, 3, 64, 64) and out.dtype == torch.float32
-    expected = F.interpolate(frames.float(), size=(32, 64), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out[:, :, :32], expected)
-    assert (out[:, :, 32:] == 0).all()  # bottom padding
-    portrait = resize_and_pad(torch.full((3, 100, 33), 200, dtype=torch.uint8), 64)
-    # short side int(64 * 33/100) = int(21.12) = 21, padded on the right
-    torch.testing.assert_close(portrait[:, :, :21], torch.full((3, 64, 21), 200.0))
-    assert (portrait[:, :, 21:] == 0).all()
-
-
-def test_resize_upscales_and_handles_leading_dims():
-    small = torch.randint(0, 256, (2, 4, 3, 10, 10), dtype=torch.uint8)
-    out = resize_and_pad(small, 64, out_dtype=torch.uint8)
-    assert out.shape == (2, 4, 3, 64, 64) and out.dtype == torch.uint8
-    same = resize_and_pad(torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), 64)
-    assert same.shape == (3, 64, 64)
-    with pytest.raises(ValueError, match="3, H, W"):
-        resize_and_pad(torch.zeros(4, 10, 10), 64)
 
 
 def test_cnn_normalises_rgb_then_flips_to_bgr(model):
