@@ -21,6 +21,7 @@ The original checkpoint (``clipbert_image_text_pretrained.pt``) uses detectron2 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -266,3 +267,30 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     model = ClipBert(model_cfg)
     model.load_state_dict(load_file(str(src / WEIGHTS_NAME), device=str(map_location)))
     return model.to(map_location), cfg
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """A short content hash of a checkpoint's weights (blake2b-64 of model.safetensors, hex)."""
+    digest = hashlib.blake2b(digest_size=8)
+    with open(Path(directory) / WEIGHTS_NAME, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint_config(directory: str | Path) -> Config:
+    """The Config saved with a checkpoint; FileNotFoundError names what is missing."""
+    src = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"not a checkpoint directory (no {name}): {src}")
+    return config_from_dict(json.loads((src / CONFIG_NAME).read_text()))
+
+
+def check_retrieval_checkpoint(directory: str | Path) -> Config:
+    """The checkpoint's Config, after checking it has the contrastive heads an index needs (ValueError if not)."""
+    cfg = read_checkpoint_config(directory)
+    if not cfg.model.contrastive:
+        raise ValueError(f"checkpoint {directory} has no contrastive (ITC) heads, so it cannot embed for an index: "
+                         "train it with model.contrastive=true")
+    return cfg
