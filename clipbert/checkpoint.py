@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -294,3 +295,9 @@ def check_retrieval_checkpoint(directory: str | Path) -> Config:
         raise ValueError(f"checkpoint {directory} has no contrastive (ITC) heads, so it cannot embed for an index: "
                          "train it with model.contrastive=true")
     return cfg
+
+
+def contrastive_logit_scale(directory: str | Path) -> float:
+    """The checkpoint's learned InfoNCE multiplier exp(logit_scale), clamped to <= 100 as in training."""
+    with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
+        return float(f.get_tensor("logit_scale").exp().clamp(max=100.0))

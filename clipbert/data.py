@@ -394,3 +394,37 @@ def retrieval_eval_lists(rows: Sequence[Row]) -> tuple[list[str], list[str], np.
     captions = [r["texts"][0] for r in rows]
     gt = np.array([column[r["video_id"]] for r in rows], dtype=np.int64)  # (num_captions,)
     return video_ids, captions, gt
+
+
+def _listed_video(text: str) -> str | None:
+    """The video a list line names: the line itself, or a jsonl object's clip_name / video_id (None if neither)."""
+    if not text.startswith("{"):
+        return text
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    video = obj.get("clip_name", obj.get("video_id")) if isinstance(obj, dict) else None
+    return None if video is None else str(video)
+
+
+def read_video_list(path: str | os.PathLike[str]) -> list[str]:
+    """Video ids from a list file (one id per line, '#' comments) or a jsonl annotation file (its ``clip_name`` or
+    ``video_id`` fields), in first-appearance order without repeats. Lines that name no video are reported in one
+    warning; a file that names none raises ValueError naming it."""
+    path = os.fspath(path)
+    ids, bad = [], []
+    for line_no, text in enumerate(_read_lines(path), start=1):
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        video = _listed_video(text)
+        if video is None:
+            bad.append(line_no)
+        else:
+            ids.append(video)
+    if bad:
+        logger.warning("%s: %d lines name no video (lines %s)", path, len(bad), bad[:5])
+    if not ids:
+        raise ValueError(f"{path} names no video (one id per line, or jsonl with clip_name / video_id)")
+    return list(dict.fromkeys(ids))

@@ -26,13 +26,16 @@ from clipbert.scoring import (
 @torch.no_grad()
 def retrieval_scores(
     model: ClipBert, cfg: Config, video_ids: Sequence[str], captions: Sequence[str], device: torch.device,
-    *, video_batch_size: int = 8, text_batch_size: int = 64,
+    *, video_batch_size: int = 8, text_batch_size: int = 64, n_clips: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """All-pairs cross-encoder scores (n_captions, n_videos) and, with contrastive heads, ITC similarities."""
+    """All-pairs cross-encoder scores (n_captions, n_videos) and, with contrastive heads, ITC similarities.
+
+    ``n_clips`` overrides the N dense clips per video (default ``sampling.inference_n_clips``).
+    """
     ids, mask = tokenize_texts(cfg, captions, device)  # (M, L)
     scores = np.zeros((len(captions), len(video_ids)), dtype=np.float32)
     video_emb = []
-    for vs, grid in video_grids(model, cfg, video_ids, device, batch_size=video_batch_size):
+    for vs, grid in video_grids(model, cfg, video_ids, device, n_clips=n_clips, batch_size=video_batch_size):
         with autocast(device, cfg.train.precision):
             scores[:, vs] = cross_scores(model, grid, ids, mask, cfg.model.consensus,
                                          text_batch_size=text_batch_size).cpu().numpy()  # (M, b)

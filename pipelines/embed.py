@@ -172,6 +172,14 @@ def read_rows(root: str | Path, columns: Sequence[str] | None = None) -> pa.Tabl
     return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
 
 
+def read_header(root: str | Path) -> dict[str, Any]:
+    """embed.json of an embeddings directory: checkpoint (path, hash), frame store, N clips, T frames, dim."""
+    path = Path(root) / HEADER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"not an embeddings directory (no {HEADER_FILE}): {root}")
+    return json.loads(path.read_text())
+
+
 def _header(checkpoint: str, frame_store: str, cfg: Config, n_clips: int) -> dict[str, Any]:
     return {"checkpoint": os.path.abspath(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
             "frame_store": os.path.abspath(frame_store), "n_clips": n_clips, "num_frames": cfg.sampling.num_frames,

@@ -219,3 +219,18 @@ def test_retrieval_eval_lists():
     assert video_ids == ["b", "a", "c"]
     assert captions == ["c0", "c1", "c2", "c3", "c4"]
     assert gt.dtype == np.int64 and gt.tolist() == [0, 1, 0, 2, 1]
+
+
+def test_read_video_list_from_ids_or_jsonl(tmp_path, caplog):
+    from clipbert.data import read_video_list
+
+    plain = tmp_path / "ids.txt"
+    plain.write_text("# gallery\nvideo1\n\nvideo2\nvideo1\n")
+    assert read_video_list(plain) == ["video1", "video2"]
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text('{"clip_name": "a", "caption": "x"}\n{"video_id": "b"}\n{"caption": "none"}\n{broken\n')
+    assert read_video_list(jsonl) == ["a", "b"]
+    assert "2 lines name no video (lines [3, 4])" in caplog.text
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="empty.txt names no video"):
+        read_video_list(tmp_path / "empty.txt")

@@ -1,0 +1,166 @@
+"""Tests for two-stage search (clipbert/search.py, search_eval.py, jobs/search.py, jobs/build_index.py)."""
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clipbert.checkpoint import build_model, checkpoint_hash, save_checkpoint
+from clipbert.config import config_to_dict
+from clipbert.evaluation import retrieval_scores
+from clipbert.index import VideoIndex
+from clipbert.search import Searcher
+from clipbert.search_eval import ROW_KEYS, evaluate_search
+from pipelines.embed import Embedder, embedding_rows, load_clips
+
+CPU = torch.device("cpu")
+N_CLIPS = 3
+
+
+def _checkpoint(cfg, directory, seed):
+    torch.manual_seed(seed)
+    model, _ = build_model(cfg.model)
+    return str(save_checkpoint(model, cfg, directory))
+
+
+def _embed_in_process(cfg, ckpt, videos, out):
+    """What pipelines/embed.py writes, computed without Ray: one shard and the provenance."""
+    batch = load_clips({"video_id": np.array(videos)}, cfg=config_to_dict(cfg), n_clips=N_CLIPS)
+    (out / "shards").mkdir(parents=True)
+    pq.write_table(embedding_rows(Embedder(ckpt, use_gpu=False)(batch)), out / "shards" / "r000-00000.parquet")
+    return {"checkpoint": ckpt, "checkpoint_hash": checkpoint_hash(ckpt), "frame_store": cfg.data.frame_store,
+            "n_clips": N_CLIPS}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_corpus, tmp_path_factory):
+    """A random tiny model, an index over the 20 train videos (video granularity) and a Searcher on it."""
+    tmp = tmp_path_factory.mktemp("search")
+    cfg = tiny_corpus.config()
+    ckpt = _checkpoint(cfg, tmp / "ckpt", seed=0)
+    videos = sorted(tiny_corpus.train_ids)
+    provenance = _embed_in_process(cfg, ckpt, videos, tmp / "emb")
+    VideoIndex.build(tmp / "emb", tmp / "index", granularity="video", memory_budget="1G", provenance=provenance)
+    return Searcher(tmp / "index"), cfg, ckpt, videos, tmp
+
+
+def _captions(tiny_corpus, videos):
+    rows = [json.loads(line) for line in (tiny_corpus.root / "txt" / "retrieval_train.jsonl").read_text().splitlines()]
+    first = {}
+    for r in rows:
+        first.setdefault(r["clip_name"], r["caption"])
+    return [first[v] for v in videos[:5]]
+
+
+def test_rerank_over_the_whole_gallery_equals_all_pairs(built, tiny_corpus):
+    searcher, cfg, _, videos, _ = built
+    captions = _captions(tiny_corpus, videos)
+    hits = searcher.search(captions, k=len(videos), rerank=len(videos))
+    scores, _ = retrieval_scores(searcher.model, searcher.cfg, videos, captions, CPU, n_clips=N_CLIPS)
+    for q, row in enumerate(hits):
+        got = np.array([h.rerank_score for h in row])
+        assert np.all(np.diff(got) <= 1e-7)  # ranked by cross score
+        expected = np.sort(scores[q])[::-1]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert {h.video_id for h in row} == set(videos)
+
+
+def test_dual_hits_below_the_rerank_depth(built, tiny_corpus):
+    searcher, _, _, videos, _ = built
+    hits = searcher.search(_captions(tiny_corpus, videos)[:1], k=6, rerank=2)[0]
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5, 6]
+    assert all(h.rerank_score is not None for h in hits[:2]) and all(h.rerank_score is None for h in hits[2:])
+    dual_tail = [h.dual_score for h in hits[2:]]
+    assert dual_tail == sorted(dual_tail, reverse=True)
+
+
+def test_bad_queries_and_clamped_depths(built, caplog):
+    searcher, _, _, videos, _ = built
+    with pytest.raises(ValueError, match="empty query"):
+        searcher.search(["   "])
+    with caplog.at_level(logging.INFO):
+        long = " ".join(["red circle"] * 40)
+        hits = searcher.search([long, long], k=500, rerank=400)
+        searcher.search([long])
+    assert len(hits[0]) == len(videos)
+    assert caplog.text.count("are truncated") == 1  # said once
+    assert f"k=500 is more than the {len(videos)} videos" in caplog.text
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        searcher.search(["red"], k=0)
+
+
+def test_another_checkpoint_is_named_with_both_hashes(built, caplog):
+    searcher, cfg, ckpt, _, tmp = built
+    other = _checkpoint(cfg, tmp / "other", seed=1)
+    with caplog.at_level(logging.WARNING):
+        Searcher(tmp / "index", checkpoint=other)
+    assert checkpoint_hash(ckpt) in caplog.text and checkpoint_hash(other) in caplog.text
+
+
+def test_evaluation_rows_and_full_depth_equal_all_pairs(built, tiny_corpus, tmp_path):
+    searcher, _, _, videos, _ = built
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"clip_name": v, "caption": c}) + "\n"
+                           for v, c in zip(videos, _captions(tiny_corpus, videos))))
+    rows = evaluate_search(searcher, ann, depths=(2, 100))
+    assert [r["method"] for r in rows] == ["dual (video)", "dual (clips, max)", "dual (clips, mean)",
+                                           "dual (clips, lse)", "two-stage", "two-stage", "all-pairs cross-encoder"]
+    assert all(set(r) == set(ROW_KEYS) for r in rows)
+    two, full, everything = rows[4], rows[5], rows[6]
+    assert (two["rerank"], two["cross_passes"]) == (2, 5 * 2)
+    assert (full["rerank"], everything["cross_passes"]) == (len(videos), 5 * len(videos))
+    for key in ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr"):
+        assert full[key] == everything[key]
+
+
+def test_search_job_prints_hits_and_writes_json(built, capsys, tmp_path):
+    from jobs.search import main
+
+    searcher, *_ = built
+    index_dir = str(built[4] / "index")
+    out = tmp_path / "hits.json"
+    assert main(["--index", index_dir, "--query", "a red circle moves left", "--k", "3", "--rerank", "2",
+                 "--json", str(out)]) == 0
+    assert "a red circle moves left" in capsys.readouterr().out
+    hits = json.loads(out.read_text())[0]["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[2]["rerank_score"] is None
+    assert main(["--index", index_dir, "--query", " "]) == 2
+    assert main(["--index", str(tmp_path / "nowhere"), "--query", "red"]) == 2
+    assert main(["--index", index_dir]) == 2
+
+
+@pytest.mark.slow
+def test_build_index_job_end_to_end(ray_local, built, tiny_corpus, tmp_path, capsys):
+    from jobs.build_index import main
+
+    _, _, ckpt, _, _ = built
+    out = tmp_path / "index"
+    args = ["--checkpoint", ckpt, "--frame-store", str(tiny_corpus.frames), "--output", str(out),
+            "--granularity", "clips", "--clips", "2", "--videos", str(tiny_corpus.root / "txt" / "retrieval_val.jsonl")]
+    assert main(args) == 0
+    index = VideoIndex.load(out)
+    assert index.video_ids == sorted(tiny_corpus.val_ids)
+    assert (index.info["vectors"], index.info["provenance"]["n_clips"]) == (2 * len(tiny_corpus.val_ids), 2)
+    assert index.info["provenance"]["checkpoint_hash"] == checkpoint_hash(ckpt)
+    assert "recall@10 1.000" in capsys.readouterr().out
+    assert main(args) == 0  # a re-run embeds nothing new
+    assert "0 embedded, 0 failed, 4 already done" in capsys.readouterr().out
+
+
+def test_build_index_job_refuses_bad_input_before_ray(built, tiny_corpus, tmp_path, capsys):
+    from jobs.build_index import main
+
+    _, cfg, ckpt, _, tmp = built
+    plain = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, contrastive=False))
+    no_heads = save_checkpoint(build_model(plain.model)[0], plain, tmp_path / "plain")
+    base = ["--frame-store", str(tiny_corpus.frames), "--output", str(tmp_path / "i")]
+    assert main(["--checkpoint", str(no_heads), *base]) == 2
+    assert "model.contrastive=true" in capsys.readouterr().err
+    assert main(["--checkpoint", ckpt, "--frame-store", str(tmp_path / "none"), "--output", str(tmp_path / "i")]) == 2
+    assert "none" in capsys.readouterr().err
+    assert main(["--checkpoint", ckpt, *base, "--memory-budget", "lots"]) == 2
+    assert "lots" in capsys.readouterr().err
