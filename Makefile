@@ -26,6 +26,8 @@ bench: setup
 	$(PY) bench/loader.py --output bench_results
 	$(PY) bench/model.py --output bench_results
 	$(PY) bench/train.py --output bench_results
+	$(PY) bench/embed.py --output bench_results
+	$(PY) bench/index.py --output bench_results
 
 clean:
 	rm -rf demo_run bench_results .pytest_cache

@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="videos per model call")
     p.add_argument("--add-tasks", type=int, default=0,
                    help="fill a trained IVF/PQ index in this many parallel Ray tasks (0: in this process)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per model actor (bf16), faiss-gpu when importable")
+    p.add_argument("--gpu", action="store_true",
+                   help="one GPU per model actor (bf16); FAISS builds on a GPU whenever faiss-gpu sees one")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     return p.parse_args(argv)
@@ -88,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         index = VideoIndex.build(emb_dir, args.output, granularity=args.granularity, memory_budget=budget,
                                  factory=args.index_type, video_ids=video_ids, provenance=provenance,
                                  logit_scale=contrastive_logit_scale(args.checkpoint),
-                                 use_gpu=True if args.gpu else None,
                                  add_fn=sharded_add(args.add_tasks) if args.add_tasks > 0 else None)
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
