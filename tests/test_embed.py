@@ -85,6 +85,12 @@ def test_bad_inputs_are_refused_before_any_work(tiny_corpus, checkpoint, tmp_pat
         run_embed(str(tmp_path), str(tiny_corpus.frames), str(tmp_path / "c"))
     with pytest.raises(ValueError, match="none of the 1 requested videos"):
         run_embed(ckpt, str(tiny_corpus.frames), str(tmp_path / "d"), video_ids=["nope"])
+    empty = tmp_path / "empty_store"
+    empty.mkdir()
+    fs.write_header(empty, fs.StoreOptions())
+    fs.write_manifest(empty, fs.MANIFEST_SCHEMA.empty_table())
+    with pytest.raises(ValueError, match="empty_store has no successfully stored videos"):
+        run_embed(ckpt, str(empty), str(tmp_path / "f"))
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "embed.json").write_text(json.dumps({"checkpoint_hash": "0000", "n_clips": 2}))
     with pytest.raises(ValueError, match="checkpoint_hash: directory has 0000"):
