@@ -95,9 +95,16 @@ def evaluate_search(searcher: Searcher, annotations: str | Path, *, depths: Sequ
     dual_full = full["video"] if info["granularity"] == "video" else full["clips-max"]
     for depth in sorted({min(d, len(gallery)) for d in depths}):
         out.append(two_stage_row(searcher, captions, query, dual_full, column, gt, depth, encode_s))
+        _log(out[-1])
     if all_pairs:
         t0 = time.perf_counter()
         scores, _ = retrieval_scores(searcher.model, searcher.cfg, gallery, captions, searcher.device,
                                      n_clips=searcher.n_clips)
         out.append(_row("all-pairs cross-encoder", len(gallery), scores, gt, scores.size, time.perf_counter() - t0))
+        _log(out[-1])
     return out
+
+
+def _log(row: dict[str, Any]) -> None:
+    logger.info("%s (rerank %d): R@1 %.1f, %d cross-encoder passes, %.1f s", row["method"], row["rerank"],
+                row["t2v_r1"], row["cross_passes"], row["seconds"])
