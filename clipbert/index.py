@@ -1,8 +1,7 @@
 """Video search index: embedding shards -> a FAISS index chosen under a memory budget -> top-k videos per query.
 
-Embeddings (written by ``pipelines/embed.py``) are Parquet shards ``EMB/shards/*.parquet`` with columns
-``video_id``, ``status`` ("ok" | "failed"), ``error``, ``n_clips``, ``clip_embeddings`` (n_clips lists of E
-floats) and ``video_embedding`` (E floats); every vector is L2-normalised, so inner product is cosine.
+The vectors come from an embeddings directory (clipbert/embeddings.py); every vector is L2-normalised, so
+inner product is cosine.
 
 Two granularities: ``video`` (one vector per video) and ``clips`` (one per clip; a query over-fetches clips,
 then scores every candidate video over all of its clips and aggregates with max / mean / LogSumExp).
@@ -13,7 +12,6 @@ Rows are sorted by (video_id, clip): row i of ``ids.parquet`` is FAISS id i. An 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -29,15 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clipbert.embeddings import Gallery, check_choice, concat_ranges, open_gallery
+
 logger = logging.getLogger(__name__)
 
-GRANULARITIES = ("video", "clips")
 AGGREGATIONS = ("max", "mean", "lse")
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 DEFAULT_LOGIT_SCALE = 1.0 / 0.07  # the contrastive temperature of the dual encoder, as a logit scale
-SHARDS_DIR = "shards"
 INDEX_FILE, IDS_FILE, INFO_FILE = "index.faiss", "ids.parquet", "index.json"
-VECTOR_COLUMNS = {"video": "video_embedding", "clips": "clip_embeddings"}
 
 FLAT_THRESHOLD = 10_000  # below this many vectors exact search is cheap enough
 HNSW_MAX_VECTORS = 10_000_000  # HNSW graphs past this take too long to build
@@ -58,197 +55,6 @@ _FLAT_RE = re.compile(r"^Flat$")
 _HNSW_RE = re.compile(r"^HNSW(\d+)(?:,Flat)?$")
 _IVF_RE = re.compile(r"^(?:OPQ(\d+)(?:_(\d+))?,)?IVF(\d+),(?:(Flat)|PQ(\d+)(?:x(\d+))?)$")
 _GPU_RESOURCES: list[Any] = []  # one StandardGpuResources per process, created on first use
-
-
-# ---------------------------------------------------------------------------------------------- embeddings
-
-
-@dataclasses.dataclass(frozen=True)
-class Gallery:
-    """The ok vectors of an embeddings directory at one granularity, sorted by (video_id, clip).
-
-    ``table`` has columns video_id, clip (-1 at video granularity), shard (index into ``shards``) and row
-    (row within that shard); table row i is index id i. Vectors are read from the shards on demand.
-    """
-
-    emb_dir: Path
-    granularity: str
-    shards: tuple[Path, ...]
-    table: pa.Table
-
-    @property
-    def size(self) -> int:
-        """Number of vectors (videos or clips)."""
-        return self.table.num_rows
-
-    @functools.cached_property
-    def dim(self) -> int:
-        """Embedding size E, read from the first vector."""
-        return int(self.vectors(np.zeros(1, np.int64)).shape[1])
-
-    @functools.cached_property
-    def _locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(shard, row, clip) of every gallery row, each (size,)."""
-        return tuple(self.table[c].to_numpy() for c in ("shard", "row", "clip"))
-
-    def ids(self) -> pa.Table:
-        """Row -> (video_id, clip), the content of ids.parquet."""
-        return self.table.select(["video_id", "clip"])
-
-    def shard_positions(self, shard: int) -> np.ndarray:
-        """Gallery rows (index ids) stored in shard number `shard`, ascending; (n,) int64."""
-        return np.flatnonzero(self._locations[0] == shard)
-
-    def vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
-        """Vectors of gallery rows `positions` (all when None), in that order; float32 (len(positions), E)."""
-        shard, row, clip = self._locations
-        positions = np.arange(self.size) if positions is None else np.asarray(positions, np.int64)
-        out: np.ndarray | None = None
-        for s in np.unique(shard[positions]):
-            sel = np.flatnonzero(shard[positions] == s)
-            got = read_shard_vectors(self.shards[s], self.granularity, row[positions[sel]], clip[positions[sel]])
-            if out is None:
-                out = np.empty((len(positions), got.shape[1]), np.float32)
-            out[sel] = got
-        return out if out is not None else np.zeros((0, 0), np.float32)
-
-
-def list_shards(emb_dir: str | Path) -> list[Path]:
-    """The Parquet shards of an embeddings directory, sorted by name; FileNotFoundError naming it if none."""
-    shards = sorted((Path(emb_dir) / SHARDS_DIR).glob("*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"no embedding shards (*.parquet) under {Path(emb_dir) / SHARDS_DIR}")
-    return shards
-
-
-def open_gallery(emb_dir: str | Path, granularity: str, video_ids: Sequence[str] | None = None) -> Gallery:
-    """Index the ok rows of every shard (ids only; no vectors are read).
-
-    Args:
-        emb_dir: embeddings directory holding shards/*.parquet.
-        granularity: "video" or "clips".
-        video_ids: restrict the gallery to these videos; ids without an ok row are counted in a warning.
-    Returns:
-        The Gallery; ValueError naming `emb_dir` when no ok row is left.
-    """
-    _check_choice("granularity", granularity, GRANULARITIES)
-    shards = tuple(list_shards(emb_dir))
-    videos = pa.concat_tables([_ok_rows(path, i) for i, path in enumerate(shards)])
-    _check_unique(videos, emb_dir)
-    if video_ids is not None:
-        videos = _restrict(videos, video_ids, emb_dir)
-    if videos.num_rows == 0:
-        among = " among the requested video ids" if video_ids is not None else ""
-        raise ValueError(f"no ok embeddings in {emb_dir}{among}")
-    table = _expand(videos, granularity).sort_by([("video_id", "ascending"), ("clip", "ascending")])
-    if table.num_rows == 0:
-        raise ValueError(f"the ok videos of {emb_dir} have no clips")
-    return Gallery(Path(emb_dir), granularity, shards, table)
-
-
-def load_embeddings(emb_dir: str | Path, granularity: str,
-                    video_ids: Sequence[str] | None = None) -> tuple[np.ndarray, pa.Table]:
-    """All ok vectors of an embeddings directory and their ids.
-
-    Returns:
-        vectors float32 (M, E), M videos ("video") or clips ("clips"); ids pa.Table (video_id string,
-        clip int32: -1 for videos, 0..n-1 for clips), rows sorted by (video_id, clip).
-    """
-    gallery = open_gallery(emb_dir, granularity, video_ids)
-    return gallery.vectors(), gallery.ids()
-
-
-def read_shard_vectors(path: str | Path, granularity: str, rows: np.ndarray, clips: np.ndarray) -> np.ndarray:
-    """Vectors of (row, clip) pairs of one shard.
-
-    Args:
-        path: a Parquet shard.
-        granularity: "video" (reads video_embedding; clips ignored) or "clips" (reads clip_embeddings).
-        rows, clips: (n,) row numbers within the shard and clip numbers within the row.
-    Returns:
-        float32 (n, E).
-    """
-    column = VECTOR_COLUMNS[granularity]
-    lists = _read_columns(path, [column])[column].combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)  # (rows,)
-    if granularity == "clips":
-        per_row, lists = lengths, lists.flatten()  # one inner list per clip
-    else:
-        per_row = (lengths > 0).astype(np.int64)
-    matrix = _list_matrix(lists, path)  # (vectors in shard, E)
-    starts = np.concatenate([[0], np.cumsum(per_row)])  # (rows + 1,)
-    rows, clip = np.asarray(rows, np.int64), np.maximum(np.asarray(clips, np.int64), 0)
-    if np.any(clip >= per_row[rows]):
-        raise ValueError(f"{path}: n_clips or status disagree with the stored {column}")
-    return matrix[starts[rows] + clip]
-
-
-def _read_columns(path: Path, columns: list[str]) -> pa.Table:
-    """Columns of a Parquet file; ValueError naming the file when it cannot be read."""
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(f"cannot read embedding shard {path}: {error}") from error
-
-
-def _list_matrix(lists: pa.Array, path: Path) -> np.ndarray:
-    """The non-empty float lists of `lists` (all of one length E) as the rows of a float32 (R, E) matrix."""
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
-    sizes = np.unique(lengths[lengths > 0])
-    if sizes.size == 0:
-        return np.zeros((0, 0), np.float32)
-    if sizes.size > 1:
-        raise ValueError(f"{path}: embeddings of different sizes {sizes.tolist()}")
-    flat = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(-1, int(sizes[0]))  # (R * E,) -> (R, E)
-
-
-def _ok_rows(path: Path, shard: int) -> pa.Table:
-    """video_id, n_clips, shard, row of the ok rows of one shard."""
-    table = _read_columns(path, ["video_id", "status", "n_clips"])
-    rows = np.flatnonzero(pc.fill_null(pc.equal(table["status"], "ok"), False).to_numpy())
-    return pa.table({
-        "video_id": table["video_id"].take(rows).combine_chunks().cast(pa.string()),
-        "n_clips": table["n_clips"].take(rows).combine_chunks().cast(pa.int64()),
-        "shard": pa.array(np.full(len(rows), shard, np.int32)),
-        "row": pa.array(rows.astype(np.int64)),
-    })
-
-
-def _check_unique(videos: pa.Table, emb_dir: str | Path) -> None:
-    """ValueError naming a video id that has more than one ok row."""
-    counts = pc.value_counts(videos["video_id"])
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        raise ValueError(f"{emb_dir}: video {repeated[0]['values']} has {repeated[0]['counts']} ok rows")
-
-
-def _restrict(videos: pa.Table, video_ids: Sequence[str], emb_dir: str | Path) -> pa.Table:
-    """The rows of `videos` whose id is in `video_ids`; warns with the number of ids that have no ok row."""
-    wanted = pa.array(sorted(set(video_ids)), pa.string())
-    kept = videos.filter(pc.is_in(videos["video_id"], value_set=wanted))
-    missing = len(wanted) - kept.num_rows
-    if missing:
-        logger.warning("%d of the %d requested video ids have no ok embedding in %s; indexing the other %d",
-                       missing, len(wanted), emb_dir, kept.num_rows)
-    return kept
-
-
-def _expand(videos: pa.Table, granularity: str) -> pa.Table:
-    """One row per vector: per video (clip -1) or per clip (clip 0..n_clips-1)."""
-    counts = videos["n_clips"].to_numpy() if granularity == "clips" else np.ones(videos.num_rows, np.int64)
-    owner = np.repeat(np.arange(videos.num_rows), counts)  # (vectors,) video row of each vector
-    clips = _ranges(np.zeros(len(counts), np.int64), counts) if granularity == "clips" else -np.ones(len(owner))
-    picked = videos.take(owner)
-    return pa.table({"video_id": picked["video_id"], "clip": pa.array(clips.astype(np.int32)),
-                     "shard": picked["shard"], "row": picked["row"]})
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ranges [starts[i], starts[i] + counts[i]); int64 (counts.sum(),)."""
-    counts = np.asarray(counts, np.int64)
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)  # (total,) first output slot of each range
-    return np.repeat(np.asarray(starts, np.int64), counts) + np.arange(int(counts.sum())) - offsets
 
 
 # ------------------------------------------------------------------------------------ choosing an index
@@ -362,7 +168,7 @@ def choose_index(n_vectors: int, dim: int, memory_budget_bytes: int) -> str:
 
 def new_index(factory: str, dim: int, metric: str = "ip") -> faiss.Index:
     """An empty index from a factory string; metric "ip" (inner product: cosine on normalised vectors) or "l2"."""
-    _check_choice("metric", metric, tuple(METRICS))
+    check_choice("metric", metric, tuple(METRICS))
     index = faiss.index_factory(dim, factory, METRICS[metric])
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and hasattr(faiss.downcast_index(ivf), "do_polysemous_training"):
@@ -607,7 +413,7 @@ def aggregate_clip_scores(sims: np.ndarray, video_of_clip: np.ndarray, how: str 
     Returns:
         float32 (Q, V), V = video_of_clip.max() + 1; -inf for videos without clips.
     """
-    _check_choice("aggregation", how, AGGREGATIONS)
+    check_choice("aggregation", how, AGGREGATIONS)
     sims = np.asarray(sims, np.float64)
     owner = np.asarray(video_of_clip, np.int64)
     n_videos = int(owner.max()) + 1 if owner.size else 0
@@ -647,7 +453,7 @@ def search_clips(index: faiss.Index, queries: np.ndarray, k: int, clip_video: np
     for q, query in enumerate(queries):
         candidates = np.unique(clip_video[hits[q][hits[q] >= 0]])  # (V_q,) ascending
         counts = video_count[candidates]
-        clip_vectors = index.reconstruct_batch(_ranges(video_start[candidates], counts))  # (sum counts, E)
+        clip_vectors = index.reconstruct_batch(concat_ranges(video_start[candidates], counts))  # (sum counts, E)
         owner = np.repeat(np.arange(len(candidates)), counts)
         agg = aggregate_clip_scores((clip_vectors @ query)[None, :], owner, how, scale)[0]  # (V_q,)
         top = np.argsort(-agg, kind="stable")[:k]
@@ -748,7 +554,7 @@ class VideoIndex:
         Returns:
             video ids (Q lists of k; "" where fewer were found) and scores float32 (Q, k) (-inf there).
         """
-        _check_choice("aggregation", aggregate, AGGREGATIONS)
+        check_choice("aggregation", aggregate, AGGREGATIONS)
         queries = self._check_queries(queries)
         k = self._clamp(k)
         if self.granularity == "clips":
@@ -859,9 +665,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"cannot parse {path}: {error}") from error
-
-
-def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
-    """ValueError unless value is one of allowed."""
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")

@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from clipbert.checkpoint import contrastive_logit_scale
+    from clipbert.embeddings import read_header
     from clipbert.index import VideoIndex
-    from pipelines.embed import read_header, run_embed
+    from pipelines.embed import run_embed
     from pipelines.index import sharded_add
 
     address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")

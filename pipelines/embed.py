@@ -5,12 +5,7 @@ N uniform clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor
 actor with bf16 autocast when asked, CPU actors otherwise) -> ``EmbeddingSink`` (each write task writes one Parquet
 shard atomically). Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run
 loses at most its unfinished shards and new videos of the store are added. A video whose frames cannot be read
-becomes a ``status=failed`` row with the reason.
-
-Layout of an embeddings directory::
-
-    embed.json               checkpoint (path and hash), frame store, N clips, T frames, embedding dim
-    shards/<run>-<task>.parquet   EMBED_SCHEMA rows
+becomes a ``status=failed`` row with the reason. The output format is clipbert/embeddings.py's.
 """
 
 from __future__ import annotations
@@ -32,21 +27,10 @@ from ray.data import Datasink
 
 from clipbert.checkpoint import check_retrieval_checkpoint, checkpoint_hash
 from clipbert.config import Config, config_from_dict, config_to_dict
+from clipbert.embeddings import EMBED_SCHEMA, HEADER_FILE, SHARDS_DIR, read_rows, shard_paths
 from clipbert.frames import FrameStore
 
 logger = logging.getLogger(__name__)
-
-HEADER_FILE = "embed.json"
-SHARDS_DIR = "shards"
-EMBED_SCHEMA = pa.schema([
-    ("video_id", pa.string()),
-    ("status", pa.string()),  # "ok" | "failed"
-    ("error", pa.string()),  # failure reason ("" when ok)
-    ("n_clips", pa.int32()),  # N clips embedded
-    ("clip_embeddings", pa.list_(pa.list_(pa.float32()))),  # (N, E) L2-normalised clip embeddings
-    ("video_embedding", pa.list_(pa.float32())),  # (E,) their mean, L2-renormalised
-])
-
 
 @dataclasses.dataclass
 class EmbedSummary:
@@ -159,27 +143,6 @@ def _columns(block: pa.Table) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def shard_paths(root: str | Path) -> list[Path]:
-    """Finished embedding shards of a directory, sorted."""
-    return sorted((Path(root) / SHARDS_DIR).glob("*.parquet"))
-
-
-def read_rows(root: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every row of every finished shard (EMBED_SCHEMA, or the `columns` asked)."""
-    paths = shard_paths(root)
-    if not paths:
-        return EMBED_SCHEMA.empty_table().select(list(columns or EMBED_SCHEMA.names))
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
-
-
-def read_header(root: str | Path) -> dict[str, Any]:
-    """embed.json of an embeddings directory: checkpoint (path, hash), frame store, N clips, T frames, dim."""
-    path = Path(root) / HEADER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"not an embeddings directory (no {HEADER_FILE}): {root}")
-    return json.loads(path.read_text())
-
-
 def _header(checkpoint: str, frame_store: str, cfg: Config, n_clips: int) -> dict[str, Any]:
     return {"checkpoint": os.path.abspath(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
             "frame_store": os.path.abspath(frame_store), "n_clips": n_clips, "num_frames": cfg.sampling.num_frames,

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from clipbert.index import (AddFn, Gallery, add_in_chunks, open_gallery, read_shard_vectors,
-                            train_empty_index)
+from clipbert.embeddings import Gallery, open_gallery, read_shard_vectors
+from clipbert.index import AddFn, add_in_chunks, train_empty_index
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from clipbert import frames as fs
 from clipbert.checkpoint import build_model, save_checkpoint
 from clipbert.clips import video_batch
 from clipbert.scoring import clip_embeddings
-from pipelines.embed import read_rows, run_embed
+from clipbert.embeddings import read_rows
+from pipelines.embed import run_embed
 
 
 @pytest.fixture(scope="module")

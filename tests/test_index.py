@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clipbert import embeddings as ve
 from clipbert import index as vi
-from pipelines.embed import EMBED_SCHEMA as EMB_SCHEMA
+from clipbert.embeddings import EMBED_SCHEMA as EMB_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ def write_emb(root: Path, videos: dict[str, np.ndarray], failed: tuple[str, ...]
     rows += [{"video_id": vid, "status": "failed", "error": "decode error", "n_clips": 0,
               "clip_embeddings": [], "video_embedding": []} for vid in failed]
     order = np.random.default_rng(0).permutation(len(rows))  # shards in no particular id order
-    (root / vi.SHARDS_DIR).mkdir(parents=True)
+    (root / ve.SHARDS_DIR).mkdir(parents=True)
     for s in range(shards):
         part = [rows[i] for i in order[s::shards]]
-        pq.write_table(pa.Table.from_pylist(part, schema=EMB_SCHEMA), root / vi.SHARDS_DIR / f"part-{s:03d}.parquet")
+        pq.write_table(pa.Table.from_pylist(part, schema=EMB_SCHEMA), root / ve.SHARDS_DIR / f"part-{s:03d}.parquet")
     return root
 
 
@@ -149,13 +150,13 @@ def test_aggregate_lse_is_stable_and_bounded():
 # ------------------------------------------------------------------------------------------ reading
 
 def test_load_embeddings_video_and_clips(emb, videos):
-    vectors, ids = vi.load_embeddings(emb, "video")
+    vectors, ids = ve.load_embeddings(emb, "video")
     names = sorted(videos)
     assert ids.column_names == ["video_id", "clip"] and ids["video_id"].to_pylist() == names  # "broken" skipped
     assert set(ids["clip"].to_pylist()) == {-1} and vectors.shape == (40, DIM) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors[3], _normalise(videos[names[3]].mean(0)), atol=1e-6)
 
-    clip_vectors, clip_ids = vi.load_embeddings(emb, "clips")
+    clip_vectors, clip_ids = ve.load_embeddings(emb, "clips")
     expected = [(v, c) for v in names for c in range(len(videos[v]))]
     assert list(zip(clip_ids["video_id"].to_pylist(), clip_ids["clip"].to_pylist())) == expected
     np.testing.assert_allclose(clip_vectors, np.concatenate([videos[v] for v in names]), atol=1e-6)
@@ -163,17 +164,17 @@ def test_load_embeddings_video_and_clips(emb, videos):
 
 def test_load_embeddings_restriction_warns(emb, caplog):
     with caplog.at_level(logging.WARNING, logger="clipbert.index"):
-        _, ids = vi.load_embeddings(emb, "clips", video_ids=["vid0003", "vid0001", "broken", "nope"])
+        _, ids = ve.load_embeddings(emb, "clips", video_ids=["vid0003", "vid0001", "broken", "nope"])
     assert sorted(set(ids["video_id"].to_pylist())) == ["vid0001", "vid0003"]
     assert "2 of the 4 requested video ids" in caplog.text
 
 
 def test_load_embeddings_errors_name_the_directory(tmp_path, videos):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        vi.load_embeddings(tmp_path, "video")
+        ve.load_embeddings(tmp_path, "video")
     failed_only = write_emb(tmp_path / "failed", {}, failed=("a", "b"), shards=1)
     with pytest.raises(ValueError, match=f"no ok embeddings in {failed_only}"):
-        vi.load_embeddings(failed_only, "video")
+        ve.load_embeddings(failed_only, "video")
 
 
 # ----------------------------------------------------------------------------------- build and search
@@ -181,7 +182,7 @@ def test_load_embeddings_errors_name_the_directory(tmp_path, videos):
 def test_build_load_round_trip(video_index, emb, videos):
     loaded = vi.VideoIndex.load(video_index)
     assert loaded.video_ids == sorted(videos)
-    assert pq.read_table(video_index / vi.IDS_FILE).equals(vi.load_embeddings(emb, "video")[1])
+    assert pq.read_table(video_index / vi.IDS_FILE).equals(ve.load_embeddings(emb, "video")[1])
     info = loaded.info
     assert info["provenance"] == {"checkpoint": "ck", "N": 4} and info["factory"] == "Flat" and info["factory_auto"]
     assert (info["vectors"], info["videos"], info["dim"], info["granularity"]) == (40, 40, DIM, "video")
@@ -192,7 +193,7 @@ def test_build_load_round_trip(video_index, emb, videos):
 
 def test_search_finds_own_video(video_index, emb):
     index = vi.VideoIndex.load(video_index)
-    vectors, ids = vi.load_embeddings(emb, "video")
+    vectors, ids = ve.load_embeddings(emb, "video")
     found, scores = index.search(vectors[:5], k=3)
     assert [row[0] for row in found] == ids["video_id"].to_pylist()[:5]
     assert scores.shape == (5, 3) and scores.dtype == np.float32
@@ -203,7 +204,7 @@ def test_search_finds_own_video(video_index, emb):
 @pytest.mark.parametrize("how", ["max", "mean", "lse"])
 def test_clip_search_equals_brute_force(tmp_path, emb, how):
     index = vi.VideoIndex.build(emb, tmp_path, granularity="clips", memory_budget="1G", logit_scale=20.0)
-    clip_vectors, clip_ids = vi.load_embeddings(emb, "clips")
+    clip_vectors, clip_ids = ve.load_embeddings(emb, "clips")
     names = clip_ids["video_id"].to_numpy(zero_copy_only=False)
     videos, owner = np.unique(names, return_inverse=True)
     queries = _normalise(np.random.default_rng(5).standard_normal((6, DIM)))
@@ -220,7 +221,7 @@ def test_clip_search_on_ivf_reconstructs(tmp_path, emb):
     index = vi.VideoIndex.load(tmp_path)
     assert index.info["search_parameter"]["name"] == "nprobe"
     assert faiss.extract_index_ivf(index.index).nprobe == index.info["search_parameter"]["value"]
-    clip_vectors, clip_ids = vi.load_embeddings(emb, "clips")
+    clip_vectors, clip_ids = ve.load_embeddings(emb, "clips")
     found, _ = index.search(clip_vectors[[0, 50]], k=2, aggregate="lse")
     assert [row[0] for row in found] == [clip_ids["video_id"][0].as_py(), clip_ids["video_id"][50].as_py()]
 
@@ -285,7 +286,7 @@ def test_sharded_build_equals_single_process(tmp_path, ray_local):
     emb = write_emb(tmp_path / "emb", synthetic_videos(700, seed=2), failed=("bad",), shards=3)
     factory = "OPQ4,IVF8,PQ4x4"
     sharded, ids = build_sharded(emb, factory, num_tasks=2, seed=3)
-    vectors, single_ids = vi.load_embeddings(emb, "video")
+    vectors, single_ids = ve.load_embeddings(emb, "video")
     single = vi.build_index(vectors, factory, seed=3)
     assert ids.equals(single_ids) and sharded.ntotal == single.ntotal == 700
 
