@@ -1,4 +1,4 @@
-"""Tests of the video index: index choice, embedding reading, clip aggregation, build/load/search, sharded build."""
+"""Tests of the video index: index choice, reading embeddings (clipbert.embeddings), clip aggregation, build/load/search, sharded build."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_load_embeddings_video_and_clips(emb, videos):
 
 
 def test_load_embeddings_restriction_warns(emb, caplog):
-    with caplog.at_level(logging.WARNING, logger="clipbert.index"):
+    with caplog.at_level(logging.WARNING, logger="clipbert.embeddings"):
         _, ids = ve.load_embeddings(emb, "clips", video_ids=["vid0003", "vid0001", "broken", "nope"])
     assert sorted(set(ids["video_id"].to_pylist())) == ["vid0001", "vid0003"]
     assert "2 of the 4 requested video ids" in caplog.text
