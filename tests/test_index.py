@@ -1,4 +1,4 @@
-"""Tests of the video index: index choice, reading embeddings (clipbert.embeddings), clip aggregation, build/load/search, sharded build."""
+"""Tests of the video index: index choice, reading embeddings, clip aggregation, build/load/search, sharded build."""
 
 from __future__ import annotations
 
