@@ -6,7 +6,7 @@ row/col position + visual token type embeddings, LayerNorm, dropout -> [text tok
 the text mask plus ones -> BERT encoder -> pooler -> dropout -> MLP D->2D->C.
 
 Tensor conventions: frames (B, N, T, 3, S, S) RGB, uint8 or float in 0-255, already resized and padded to
-S = img_size (``clipbert.clips.resize_and_pad``); texts (B, K, L) = K texts per video (retrieval: 1 positive + negatives;
+S = img_size (``clips.resize_and_pad``); texts (B, K, L) = K texts per video (retrieval: 1 positive + negatives;
 MC: one per option; QA: 1). The CNN runs once per clip frame for all B*N*T frames in one call; visual
 tokens are expanded (no copy) across the K texts and text embeddings across the N clips before one BERT
 pass over all B*K*N (text, clip) sequences. ``forward`` returns per-clip logits (B, K, N, C); consensus

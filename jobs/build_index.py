@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="index directory")
     p.add_argument("--granularity", choices=("video", "clips"), default="video",
                    help="one vector per video (clip mean) or one per clip (scores aggregated per video at search)")
-    p.add_argument("--clips", type=int, default=None, help="N dense clips per video (default: sampling.inference_n_clips)")
+    p.add_argument("--clips", type=int, default=None,
+                   help="N dense clips per video (default: the checkpoint's sampling.inference_n_clips)")
     p.add_argument("--index-type", default="auto", help="'auto' or any FAISS index_factory string (e.g. HNSW32)")
     p.add_argument("--memory-budget", default="4G", help="memory the index may take, for --index-type auto")
     p.add_argument("--videos", default=None, help="restrict the gallery: a list of ids or a jsonl annotation file")
