@@ -4,7 +4,8 @@ Generates ``--vectors`` L2-normalised vectors of ``--dim`` dims around ``--centr
 (seeded), each cluster spread along its own ``--intrinsic-dim``-dimensional subspace plus a little isotropic
 noise (learned embeddings have a low intrinsic dimension; ``--intrinsic-dim 0`` spreads every cluster
 isotropically over all dims, the hardest case for graph and IVF indexes), and ``--queries`` evaluation
-queries plus as many tuning queries drawn the same way but not from the base set. Chooses the index with ``clipbert.index.choose_index`` under ``--budget``, builds it (train + add),
+queries plus as many tuning queries drawn the same way but not from the base set. Chooses the index with
+``clipbert.index.choose_index`` under ``--budget``, builds it (train + add),
 tunes its search parameter to recall@10 >= ``--target-recall`` on the tuning queries, then measures on the
 evaluation queries, side by side with exact search: build seconds, memory (estimate, serialized size, RSS
 growth during the build), queries/s over one batch, single-query latency and recall@10.
