@@ -1,19 +1,22 @@
 """Benchmark: the index chosen under a memory budget against exact search (IndexFlatIP) on clustered vectors.
 
 Generates ``--vectors`` L2-normalised vectors of ``--dim`` dims around ``--centres`` random cluster centres
-(seeded), each cluster spread along its own ``--intrinsic-dim``-dimensional subspace plus a little isotropic
-noise (learned embeddings have a low intrinsic dimension; ``--intrinsic-dim 0`` spreads every cluster
-isotropically over all dims, the hardest case for graph and IVF indexes), and ``--queries`` evaluation
-queries plus as many tuning queries drawn the same way but not from the base set. Chooses the index with
-``clipbert.index.choose_index`` under ``--budget``, builds it (train + add),
-tunes its search parameter to recall@10 >= ``--target-recall`` on the tuning queries, then measures on the
-evaluation queries, side by side with exact search: build seconds, memory (estimate, serialized size, RSS
-growth during the build), queries/s over one batch, single-query latency and recall@10.
+(seeded) that span a ``--centre-dim``-dimensional subspace, each cluster spread along its own
+``--intrinsic-dim``-dimensional subspace plus a little isotropic noise: learned embeddings fill a narrow,
+low-dimensional part of their space. ``--centre-dim 0`` puts the centres in every direction (nearly orthogonal,
+well-separated clusters, which strand HNSW's greedy search) and ``--intrinsic-dim 0`` spreads each cluster over
+all dims (no neighbour structure within a cluster): both are far harder than embeddings. ``--queries``
+evaluation queries and as many tuning queries are drawn the same way, not from the base set.
+
+Chooses the index with ``clipbert.index.choose_index`` under ``--budget``, builds it (train + add), tunes its
+search parameter to recall@10 >= ``--target-recall`` on the tuning queries, then measures on the evaluation
+queries, side by side with exact search: build seconds, memory (estimate, serialized size, RSS growth during the
+build), queries/s over one batch, single-query latency and recall@10.
 
 Usage:
     python bench/index.py --output bench_results                     # 1,000,000 x 256, 2G budget
     python bench/index.py --output /tmp/smoke --vectors 20000 --queries 200   # a quick smoke run
-    python bench/index.py --output bench_results --intrinsic-dim 0 --noise 0   # isotropic clusters
+    python bench/index.py --output bench_results --centre-dim 0 --intrinsic-dim 0 --noise 0   # isotropic, separated
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ logger = logging.getLogger(__name__)
 
 K = 10
 CHUNK = 8_192  # vectors generated at a time
+
+
+def cluster_centres(n_centres: int, dim: int, centre_dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit cluster centres, float32 (C, d): random in a `centre_dim`-dimensional subspace (all d dims when 0)."""
+    if 0 < centre_dim < dim:
+        basis = rng.standard_normal((centre_dim, dim)) / np.sqrt(dim)  # (c, d)
+        centres = rng.standard_normal((n_centres, centre_dim)) @ basis  # (C, d)
+    else:
+        centres = rng.standard_normal((n_centres, dim))
+    return (centres / np.linalg.norm(centres, axis=1, keepdims=True)).astype(np.float32)
 
 
 def cluster_bases(n_centres: int, dim: int, intrinsic: int, seed: int) -> np.ndarray | None:
@@ -143,6 +156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vectors", type=int, default=1_000_000, help="base vectors")
     p.add_argument("--dim", type=int, default=256, help="dimension")
     p.add_argument("--centres", type=int, default=2_000, help="Gaussian cluster centres")
+    p.add_argument("--centre-dim", type=int, default=32,
+                   help="dimensions the cluster centres span (0 or >= --dim: all, i.e. well-separated clusters)")
     p.add_argument("--spread", type=float, default=0.6, help="offset norm around a centre (before normalising)")
     p.add_argument("--intrinsic-dim", type=int, default=16,
                    help="dimensions each cluster spreads along (0 or >= --dim: isotropic, the hardest case)")
@@ -160,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    centres = rng.standard_normal((args.centres, args.dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = cluster_centres(args.centres, args.dim, args.centre_dim, rng)
     bases = cluster_bases(args.centres, args.dim, args.intrinsic_dim, args.seed + 4)
 
     def draw(n: int, seed: int) -> np.ndarray:

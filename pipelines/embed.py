@@ -1,8 +1,8 @@
 """Ray Data batch embedding: frame-store videos -> dense uniform clips -> clip and video embeddings -> Parquet shards.
 
-Stages (each a small callable): the driver lists the store's ok videos not embedded yet -> ``load_clips`` (CPU tasks:
+Stages (each a small callable): the driver lists the ok videos not embedded yet -> ``load_clips`` (CPU tasks:
 N uniform clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor pool holding the model; one GPU per
-actor with bf16 autocast when asked, CPU actors otherwise) -> ``EmbeddingSink`` (each write task writes one Parquet
+actor with bf16 autocast when asked; on CPUs one actor per CPU that loads its clips itself) -> ``EmbeddingSink`` (each write task writes one Parquet
 shard atomically). Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run
 loses at most its unfinished shards and new videos of the store are added. A video whose frames cannot be read
 becomes a ``status=failed`` row with the reason. The output format is clipbert/embeddings.py's.
@@ -72,9 +72,13 @@ def load_clips(batch: dict[str, Any], *, cfg: dict, n_clips: int) -> dict[str, A
 
 
 class Embedder:
-    """Actor stage holding the model: frames (B, N, T, 3, S, S) -> clip embeddings (B, N, E) and video (B, E)."""
+    """Actor stage holding the model: frames (B, N, T, 3, S, S) -> clip embeddings (B, N, E) and video (B, E).
 
-    def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0):
+    With ``load`` (the keyword arguments of ``load_clips``) the actor reads the clips of the batch's video ids
+    itself: on CPUs one process per core then loads and embeds, with no frames crossing the object store.
+    """
+
+    def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0, load: dict | None = None):
         import torch
 
         from clipbert.checkpoint import load_checkpoint
@@ -86,12 +90,15 @@ class Embedder:
         self.model.eval()
         self.embed_dim = cfg.model.embed_dim
         self.precision = "bf16" if use_gpu else "fp32"
+        self.load = load
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         from clipbert.scoring import autocast, clip_embeddings
 
+        if self.load is not None:
+            batch = load_clips(batch, **self.load)
         ok = np.asarray([e == "" for e in batch["error"]])
         b, n = batch["frames"].shape[:2]
         clips = np.zeros((b, n, self.embed_dim), np.float32)  # (B, N, E); failed rows stay zero
@@ -190,7 +197,7 @@ def run_embed(checkpoint: str, frame_store: str, output: str, *, n_clips: int | 
         output: the embeddings directory (created; re-running resumes).
         n_clips: N dense uniform clips per video (default: the checkpoint's sampling.inference_n_clips).
         video_ids: restrict the gallery to these videos.
-        num_actors: model actors (default: one per GPU with use_gpu, else one per 2 CPUs, at least 1).
+        num_actors: model actors (default: one per GPU with use_gpu, else one per CPU).
         use_gpu: one GPU per actor, bf16 autocast.
         batch_size: videos per model call.
         cpu_threads: torch threads per CPU actor (0 = torch's default).
@@ -216,19 +223,24 @@ def run_embed(checkpoint: str, frame_store: str, output: str, *, n_clips: int | 
 
 def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: int, num_actors: int | None,
            use_gpu: bool, batch_size: int, cpu_threads: int) -> None:
+    """GPU: CPU tasks load clips for GPU actors. CPU: each actor (one per CPU) loads and embeds its batches."""
     resources = ray.cluster_resources()
-    if num_actors is None:
-        num_actors = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)) // 2)
     if use_gpu and resources.get("GPU", 0) < 1:
         raise ValueError("--gpu asked, but the Ray cluster has no GPUs")
+    if num_actors is None:
+        num_actors = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)))
+    load = {"cfg": config_to_dict(cfg), "n_clips": n_clips}
     n_blocks = max(1, min(len(todo), math.ceil(len(todo) / (4 * batch_size))))
     ds = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=n_blocks)
-    ds = ds.map_batches(load_clips, batch_size=batch_size, fn_kwargs={"cfg": config_to_dict(cfg), "n_clips": n_clips})
+    ds.context.op_resource_reservation_enabled = False  # no CPUs held back for stages that are not running
+    if use_gpu:
+        ds = ds.map_batches(load_clips, batch_size=batch_size, fn_kwargs=load)
     ds = ds.map_batches(Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=num_actors),
                         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
                         fn_constructor_kwargs={"checkpoint": os.path.abspath(checkpoint), "use_gpu": use_gpu,
-                                               "cpu_threads": cpu_threads})
-    ds.write_datasink(EmbeddingSink(str(out), f"r{len({p.name.split('-')[0] for p in shard_paths(out)}):03d}"))
+                                               "cpu_threads": cpu_threads, "load": None if use_gpu else load})
+    prefix = f"r{len({p.name.split('-')[0] for p in shard_paths(out)}):03d}"
+    ds.write_datasink(EmbeddingSink(str(out), prefix), ray_remote_args={"num_cpus": 0}, concurrency=1)  # light writes
 
 
 def _summarize(out: Path, ran: set[str], skipped: int, seconds: float) -> EmbedSummary:
