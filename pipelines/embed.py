@@ -1,11 +1,12 @@
 """Ray Data batch embedding: frame-store videos -> dense uniform clips -> clip and video embeddings -> Parquet shards.
 
-Stages (each a small callable): the driver lists the ok videos not embedded yet -> ``load_clips`` (CPU tasks:
-N uniform clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor pool holding the model; one GPU per
-actor with bf16 autocast when asked; on CPUs one actor per CPU that loads its clips itself) -> ``EmbeddingSink`` (each write task writes one Parquet
-shard atomically). Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run
-loses at most its unfinished shards and new videos of the store are added. A video whose frames cannot be read
-becomes a ``status=failed`` row with the reason. The output format is clipbert/embeddings.py's.
+Stages (each a small callable): the driver lists the ok videos not embedded yet -> ``load_clips`` (N uniform
+clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor pool holding the model) -> ``EmbeddingSink``
+(each write task writes one Parquet shard atomically). On GPUs, CPU tasks load the clips and one actor per GPU
+embeds them with bf16 autocast; on CPUs one actor per CPU loads and embeds its own batches. Resume: a re-run skips
+every video that has a row in a finished shard, so an interrupted run loses at most its unfinished shards, and new
+videos of the store are added. A video whose frames cannot be read becomes a ``status=failed`` row with the
+reason. The output format is clipbert/embeddings.py's.
 """
 
 from __future__ import annotations
