@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=4, help="N dense clips per video")
     p.add_argument("--batch-size", type=int, default=8, help="videos per model call (both paths)")
     p.add_argument("--num-actors", type=int, default=None, help="Ray model actors (default: pipelines.embed's)")
-    p.add_argument("--cpu-threads", type=int, default=0, help="torch threads per Ray actor (0: Ray's default)")
+    p.add_argument("--cpu-threads", type=int, default=0, help="torch threads per Ray actor (0: the cores it holds)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path")
     return p.parse_args(argv)
 

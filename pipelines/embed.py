@@ -3,10 +3,10 @@
 Stages (each a small callable): the driver lists the ok videos not embedded yet -> ``load_clips`` (N uniform
 clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor pool holding the model) -> ``EmbeddingSink``
 (each write task writes one Parquet shard atomically). On GPUs, CPU tasks load the clips and one actor per GPU
-embeds them with bf16 autocast; on CPUs one actor per CPU loads and embeds its own batches. Resume: a re-run skips
-every video that has a row in a finished shard, so an interrupted run loses at most its unfinished shards, and new
-videos of the store are added. A video whose frames cannot be read becomes a ``status=failed`` row with the
-reason. The output format is clipbert/embeddings.py's.
+embeds them with bf16 autocast; on CPUs each actor (CPU_ACTOR_CPUS cores) loads and embeds its own batches.
+Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run loses at most its
+unfinished shards, and new videos of the store are added. A video whose frames cannot be read becomes a
+``status=failed`` row with the reason. The output format is clipbert/embeddings.py's.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from clipbert.embeddings import EMBED_SCHEMA, HEADER_FILE, SHARDS_DIR, read_rows
 from clipbert.frames import FrameStore
 
 logger = logging.getLogger(__name__)
+
+CPU_ACTOR_CPUS = 2  # cores per CPU model actor, all used by its torch (bench/embed.py: 1 x 2 beat 2 x 1 on 2 cores)
 
 @dataclasses.dataclass
 class EmbedSummary:
@@ -198,10 +200,10 @@ def run_embed(checkpoint: str, frame_store: str, output: str, *, n_clips: int | 
         output: the embeddings directory (created; re-running resumes).
         n_clips: N dense uniform clips per video (default: the checkpoint's sampling.inference_n_clips).
         video_ids: restrict the gallery to these videos.
-        num_actors: model actors (default: one per GPU with use_gpu, else one per CPU).
+        num_actors: model actors (default: one per GPU with use_gpu, else one per CPU_ACTOR_CPUS cores).
         use_gpu: one GPU per actor, bf16 autocast.
         batch_size: videos per model call.
-        cpu_threads: torch threads per CPU actor (0 = torch's default).
+        cpu_threads: torch threads per CPU actor (0 = the cores it holds).
     """
     start = time.perf_counter()
     cfg = check_retrieval_checkpoint(checkpoint)
@@ -224,12 +226,14 @@ def run_embed(checkpoint: str, frame_store: str, output: str, *, n_clips: int | 
 
 def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: int, num_actors: int | None,
            use_gpu: bool, batch_size: int, cpu_threads: int) -> None:
-    """GPU: CPU tasks load clips for GPU actors. CPU: each actor (one per CPU) loads and embeds its batches."""
+    """GPU: CPU tasks load clips for GPU actors. CPU: actors of CPU_ACTOR_CPUS cores load and embed their batches."""
     resources = ray.cluster_resources()
     if use_gpu and resources.get("GPU", 0) < 1:
         raise ValueError("--gpu asked, but the Ray cluster has no GPUs")
+    cpus = max(1, int(resources.get("CPU", 1)))
+    actor_cpus = 0 if use_gpu else min(CPU_ACTOR_CPUS, cpus)
     if num_actors is None:
-        num_actors = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)))
+        num_actors = int(resources["GPU"]) if use_gpu else max(1, cpus // actor_cpus)
     load = {"cfg": config_to_dict(cfg), "n_clips": n_clips}
     n_blocks = max(1, min(len(todo), math.ceil(len(todo) / (4 * batch_size))))
     ds = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=n_blocks)
@@ -237,9 +241,10 @@ def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: in
     if use_gpu:
         ds = ds.map_batches(load_clips, batch_size=batch_size, fn_kwargs=load)
     ds = ds.map_batches(Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=num_actors),
-                        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
+                        num_gpus=1 if use_gpu else 0, num_cpus=actor_cpus,
                         fn_constructor_kwargs={"checkpoint": os.path.abspath(checkpoint), "use_gpu": use_gpu,
-                                               "cpu_threads": cpu_threads, "load": None if use_gpu else load})
+                                               "cpu_threads": cpu_threads or actor_cpus,
+                                               "load": None if use_gpu else load})
     prefix = f"r{len({p.name.split('-')[0] for p in shard_paths(out)}):03d}"
     ds.write_datasink(EmbeddingSink(str(out), prefix), ray_remote_args={"num_cpus": 0}, concurrency=1)  # light writes
 
