@@ -33,7 +33,8 @@ from clipbert.frames import FrameStore
 
 logger = logging.getLogger(__name__)
 
-CPU_ACTOR_CPUS = 2  # cores per CPU model actor, all used by its torch (bench/embed.py: 1 x 2 beat 2 x 1 on 2 cores)
+CPU_ACTOR_CPUS = 1  # cores per CPU model actor, all used by its torch (bench/embed.py on 2 cores: 2 actors x 1 core
+# embedded 24,000 clips in 80 s, 1 actor x 2 cores in 93 s)
 
 @dataclasses.dataclass
 class EmbedSummary:
