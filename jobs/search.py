@@ -14,6 +14,7 @@ Exit codes: 0 done, 2 bad arguments or input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             results = searcher.search(args.query, k=args.k, rerank=args.rerank, aggregate=args.aggregate)
             for query, hits in zip(args.query, results):
                 _print_hits(query, hits)
-            out = [{"query": q, "hits": [h.__dict__ for h in hits]} for q, hits in zip(args.query, results)]
+            out = [{"query": q, "hits": [dataclasses.asdict(h) for h in hits]} for q, hits in zip(args.query, results)]
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
