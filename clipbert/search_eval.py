@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipbert.data import load_annotations, retrieval_eval_lists
-from clipbert.evaluation import retrieval_scores
 from clipbert.embeddings import load_embeddings
+from clipbert.evaluation import retrieval_scores
 from clipbert.index import aggregate_clip_scores
 from clipbert.metrics import retrieval_metrics
 from clipbert.search import Searcher
