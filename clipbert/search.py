@@ -86,12 +86,20 @@ class Searcher:
 
     def encode(self, queries: Sequence[str]) -> np.ndarray:
         """Queries -> float32 (Q, E) L2-normalised text embeddings."""
-        ids, mask = tokenize_texts(self.cfg, self.check_queries(queries), self.device)
+        return self._embed(self.check_queries(queries))
+
+    def _embed(self, checked: Sequence[str]) -> np.ndarray:
+        ids, mask = tokenize_texts(self.cfg, checked, self.device)
         return text_embeddings(self.model, ids, mask, self.cfg.train.precision).cpu().numpy()
 
-    def recall(self, queries: Sequence[str], k: int, aggregate: str = "max") -> tuple[list[list[str]], np.ndarray]:
-        """First stage: the top-k videos of each query by dual-encoder score, (ids (Q, k), scores (Q, k))."""
-        return self.index.search(self.encode(queries), self._clamp(k, "k"), aggregate=aggregate)
+    def candidates(self, query: np.ndarray, k: int, aggregate: str = "max") -> tuple[list[list[str]], np.ndarray]:
+        """First stage: each query embedding's top-k videos by dual-encoder score, best first.
+
+        Returns:
+            Q lists of video ids (shorter than k where the index found fewer) and float32 scores (Q, k).
+        """
+        ids, scores = self.index.search(query, k, aggregate=aggregate)
+        return [[v for v in row if v] for row in ids], scores  # "" pads a list shorter than asked
 
     def rerank(self, queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Second stage: cross-encoder scores of each query's candidate videos (N dense clips, clip consensus)."""
@@ -109,9 +117,8 @@ class Searcher:
         the top `k` in dual-encoder order. `k` and `rerank` are clamped to the gallery size."""
         queries = self.check_queries(queries)
         k, rerank = self._clamp(k, "k"), self._clamp(rerank, "rerank") if rerank > 0 else 0
-        ids, dual = self.index.search(self.encode(queries), max(k, rerank), aggregate=aggregate)
-        found = [[v for v in row if v] for row in ids]  # "" pads a list shorter than asked
-        cross = self.rerank(queries, [row[:rerank] for row in found]) if rerank else [np.zeros(0)] * len(ids)
+        found, dual = self.candidates(self._embed(queries), max(k, rerank), aggregate)
+        cross = self.rerank(queries, [row[:rerank] for row in found]) if rerank else [np.zeros(0)] * len(found)
         return [_merge(row, d, c, k) for row, d, c in zip(found, dual, cross)]
 
     def _clamp(self, value: int, name: str) -> int:

@@ -69,8 +69,7 @@ def two_stage_row(searcher: Searcher, captions: list[str], query: np.ndarray, du
                   column: dict[str, int], gt: np.ndarray, depth: int, encode_s: float) -> dict:
     """Index top-`depth` candidates re-ranked by the cross-encoder; below them the dual order."""
     t0 = time.perf_counter()
-    ids, _ = searcher.index.search(query, depth)
-    ids = [[v for v in row if v] for row in ids]  # "" pads a list shorter than asked
+    ids, _ = searcher.candidates(query, depth)
     cross = searcher.rerank(captions, ids)
     seconds = encode_s + time.perf_counter() - t0
     scores = dual_full - (np.abs(dual_full).max() + 2.0)  # below every cross score (probabilities in [0, 1])

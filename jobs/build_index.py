@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-budget", default="4G", help="memory the index may take, for --index-type auto")
     p.add_argument("--videos", default=None, help="restrict the gallery: a list of ids or a jsonl annotation file")
     p.add_argument("--embeddings", default=None, help="embeddings directory (default: OUTPUT/embeddings)")
-    p.add_argument("--num-actors", type=int, default=None, help="model actors (default: GPUs, or CPUs / 2)")
+    p.add_argument("--num-actors", type=int, default=None, help="model actors (default: one per GPU, or one per CPU)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per model call")
     p.add_argument("--add-tasks", type=int, default=0,
                    help="fill a trained IVF/PQ index in this many parallel Ray tasks (0: in this process)")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from clipbert.checkpoint import contrastive_logit_scale
-    from clipbert.embeddings import read_header
+    from clipbert.embeddings import read_header, read_rows
     from clipbert.index import VideoIndex
     from pipelines.embed import run_embed
     from pipelines.index import sharded_add
@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                             num_actors=args.num_actors, use_gpu=args.gpu, batch_size=args.batch_size)
         for line in summary.lines():
             print(line)
+        if not read_rows(emb_dir, ["status"]).column("status").to_pylist().count("ok"):
+            logger.error("no video of %s could be embedded (see the failures above)", args.frame_store)
+            return 1
         provenance = {**read_header(emb_dir), "embeddings": os.path.abspath(emb_dir)}
         index = VideoIndex.build(emb_dir, args.output, granularity=args.granularity, memory_budget=budget,
                                  factory=args.index_type, video_ids=video_ids, provenance=provenance,
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                  add_fn=sharded_add(args.add_tasks) if args.add_tasks > 0 else None)
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
-        return 1 if "no ok rows" in str(e) else 2
+        return 2
     info = index.info
     print(f"index {args.output}: {info['factory']} over {info['vectors']:,} {info['granularity']} vectors "
           f"of {info['videos']:,} videos, recall@10 {info['recall_at_10']:.3f}, built in "

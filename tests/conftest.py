@@ -56,6 +56,17 @@ def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Non
     fs.write_manifest(out, fs.read_shard_rows(out))
 
 
+def corrupt_frames(store: Path, video_id: str) -> None:
+    """Overwrite every stored frame of `video_id` in a frame store (one shard) with bytes that are not a JPEG."""
+    import lmdb
+
+    env = lmdb.open(str(fs.shard_dirs(store)[0]), subdir=True)
+    with env.begin(write=True) as txn:
+        for i in range(fs.FrameStore(store).num_frames(video_id)):
+            txn.put(fs.frame_key(video_id, i), b"not a jpeg")
+    env.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     """24 short 160x120 videos (20 train, 4 val), their tokenizer (written by the synthesizer) and frame store."""

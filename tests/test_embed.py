@@ -4,7 +4,6 @@ import dataclasses
 import json
 import shutil
 
-import lmdb
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ from clipbert import frames as fs
 from clipbert.checkpoint import build_model, save_checkpoint
 from clipbert.clips import video_batch
 from clipbert.scoring import clip_embeddings
+from conftest import corrupt_frames
 from clipbert.embeddings import read_rows
 from pipelines.embed import run_embed
 
@@ -61,12 +61,7 @@ def test_unreadable_frames_become_a_failed_row(ray_local, tiny_corpus, checkpoin
     store = tmp_path / "frames"
     shutil.copytree(tiny_corpus.frames, store)
     bad = tiny_corpus.val_ids[0]
-    shard = fs.shard_dirs(store)[0]
-    env = lmdb.open(str(shard), subdir=True)
-    with env.begin(write=True) as txn:
-        for i in range(fs.FrameStore(store).num_frames(bad)):
-            txn.put(fs.frame_key(bad, i), b"not a jpeg")
-    env.close()
+    corrupt_frames(store, bad)
     summary = run_embed(ckpt, str(store), str(tmp_path / "emb"), video_ids=tiny_corpus.val_ids)
     assert (summary.videos_ok, summary.videos_failed) == (len(tiny_corpus.val_ids) - 1, 1)
     assert summary.failures[0][0] == bad

@@ -164,3 +164,20 @@ def test_build_index_job_refuses_bad_input_before_ray(built, tiny_corpus, tmp_pa
     assert "none" in capsys.readouterr().err
     assert main(["--checkpoint", ckpt, *base, "--memory-budget", "lots"]) == 2
     assert "lots" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_build_index_job_exits_1_when_no_video_could_be_embedded(ray_local, built, tiny_corpus, tmp_path):
+    import shutil
+
+    from conftest import corrupt_frames
+    from jobs.build_index import main
+
+    _, _, ckpt, _, _ = built
+    store = tmp_path / "frames"
+    shutil.copytree(tiny_corpus.frames, store)
+    bad = tiny_corpus.val_ids[0]
+    corrupt_frames(store, bad)
+    (tmp_path / "ids.txt").write_text(bad + "\n")
+    assert main(["--checkpoint", ckpt, "--frame-store", str(store), "--output", str(tmp_path / "index"),
+                 "--videos", str(tmp_path / "ids.txt")]) == 1
