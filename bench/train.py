@@ -109,7 +109,7 @@ def _free_port() -> int:
 
 def fits(args: argparse.Namespace) -> list[tuple[int, int]]:
     """(workers, resolved torch threads per worker) to measure, without repeats."""
-    from clipbert.training import cpu_threads
+    from clipbert.train_loop import cpu_threads
 
     out: list[tuple[int, int]] = []
     for w in (int(v) for v in args.workers.split(",")):

@@ -176,7 +176,7 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
-def _unknown_key(key: str) -> ValueError:
+def unknown_key_error(key: str) -> ValueError:
     near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.0)
     hint = f"; did you mean {near[0]!r}?" if near else ""
     return ValueError(f"unknown config key {key!r}{hint}")
@@ -221,7 +221,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the field type `tp`, converting int->float and list->tuple."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -232,7 +232,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce_value(value, arg, key)
             except ValueError:
                 pass
         raise ValueError(f"{key}: {value!r} is not a {tp}")
@@ -241,10 +241,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected a list/tuple, got {value!r}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
+            return tuple(coerce_value(v, args[0], key) for v in value)
         if len(args) != len(value):
             raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return tuple(coerce_value(v, a, key) for v, a in zip(value, args))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML reads "5e-5" (no dot) as a string
@@ -267,8 +267,8 @@ def _section_from_dict(cls: type, values: dict, section: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         if name not in names:
-            raise _unknown_key(f"{section}.{name}")
-        kwargs[name] = _coerce(value, hints[name], f"{section}.{name}")
+            raise unknown_key_error(f"{section}.{name}")
+        kwargs[name] = coerce_value(value, hints[name], f"{section}.{name}")
     return cls(**kwargs)
 
 
@@ -285,7 +285,7 @@ def config_from_dict(values: dict) -> Config:
     sections = {}
     for name, sub in values.items():
         if name not in SECTIONS:
-            raise _unknown_key(name)
+            raise unknown_key_error(name)
         if not isinstance(sub, dict):
             raise ValueError(f"config section {name!r} must be a mapping, got {sub!r}")
         sections[name] = _section_from_dict(SECTIONS[name], sub, name)
@@ -321,7 +321,7 @@ def apply_overrides(tree: dict, overrides: typing.Iterable[str]) -> dict:
     for text in overrides:
         key, value = parse_override(text)
         if key not in valid:
-            raise _unknown_key(key)
+            raise unknown_key_error(key)
         section, name = key.split(".", 1)
         tree.setdefault(section, {})[name] = value
     return tree
@@ -381,10 +381,18 @@ def load_config(name_or_yaml_path: str, overrides: typing.Iterable[str] = ()) ->
     Returns:
         A validated Config. Unknown keys raise ValueError naming the nearest valid key.
     """
-    tree = _load_yaml_tree(_resolve_preset_path(name_or_yaml_path))
-    tree = apply_overrides(tree, overrides)
-    cfg = sync_derived(config_from_dict(tree))
-    return validate_config(cfg)
+    return config_from_tree(load_config_tree(name_or_yaml_path, overrides))
+
+
+def load_config_tree(name_or_yaml_path: str, overrides: typing.Iterable[str] = ()) -> dict:
+    """The nested dict of a preset or YAML file with its bases merged and the overrides applied (not yet checked
+    against the schema, data paths not yet resolved): what a sweep varies before building each trial's Config."""
+    return apply_overrides(_load_yaml_tree(_resolve_preset_path(name_or_yaml_path)), overrides)
+
+
+def config_from_tree(tree: dict) -> Config:
+    """A validated Config from a nested dict (see load_config_tree), derived values synced and data paths resolved."""
+    return validate_config(sync_derived(config_from_dict(tree)))
 
 
 def with_num_answers(cfg: Config, num_answers: int) -> Config:

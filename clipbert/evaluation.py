@@ -87,3 +87,20 @@ def evaluate(model: ClipBert, cfg: Config, rows: Sequence[Row], device: torch.de
         return metrics
     finally:
         model.train(was_training)
+
+
+def metric_names(cfg: Config, rows: Sequence[Row], mc_rows: Sequence[Row] = ()) -> set[str]:
+    """The keys ``evaluate`` reports for these rows, without running a model (the metric functions applied to
+    perfect predictions): what a sweep or a checkpoint ranking may name."""
+    if cfg.data.task == "retrieval":
+        _, _, gt = retrieval_eval_lists(rows)
+        names = set(retrieval_metrics(np.eye(len(gt), int(gt.max()) + 1), gt))
+        if cfg.model.contrastive:
+            names |= {f"itc_{k}" for k in names}
+    else:
+        labels = [r["label"] for r in rows]
+        types = [r["answer_type"] for r in rows] if cfg.data.task == "qa" else None
+        names = set(mc_accuracy(labels, labels) if types is None else qa_accuracy(labels, labels, types))
+    if mc_rows:
+        names.add("mc_acc")
+    return names

@@ -1,8 +1,10 @@
-"""Ray Train finetuning: the per-worker loop (importable, reused by sweeps) and the driver that builds and runs it.
+"""Ray Train finetuning, driver side: one training run built from one Config (also one trial of a sweep).
 
-Driver side: ``prepare_task`` reads the annotations against the frame store, ``build_trainer`` wires a Ray Data
-dataset of annotation rows -> ``batches.make_batch`` (fresh sparse clips every epoch) into a ``TorchTrainer``,
-``run_training`` fits it and exports the best checkpoint. Worker side: ``train_loop_per_worker``.
+``prepare_task`` reads the annotations against the frame store, ``plan_resources`` sizes the workers and the data
+stage against the cluster (or a sweep trial's share of it), ``build_trainer`` wires a Ray Data dataset of annotation
+rows -> ``batches.make_batch`` (fresh sparse clips every epoch) into a ``TorchTrainer`` running
+``train_loop.train_loop_per_worker``, and ``fit_and_export`` fits it, exports the checkpoint chosen on validation
+and evaluates it once on the held-out test split.
 """
 
 from __future__ import annotations
@@ -14,29 +16,23 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from clipbert.batches import make_batch
-from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, build_model, save_checkpoint
-from clipbert.config import Config, config_from_dict, config_to_dict
-from clipbert.data import LoadReport, Row, build_ans2label, load_ans2label, load_annotations
+from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.config import Config, config_to_dict
+from clipbert.data import LoadReport, Row, build_ans2label, load_annotations, load_ans2label
 from clipbert.evaluation import evaluate
 from clipbert.frames import FrameStore
-from clipbert.losses import contrastive_loss, task_loss
-from clipbert.model import apply_lr, build_optimizer
-from clipbert.scoring import autocast
+from clipbert.train_loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "train_state.pt"  # optimiser / scaler state, step and epoch, next to the model weights
 FAULT_ENV = "CLIPBERT_FAULT_AT_STEP"  # fault injection for tests: the last rank exits once at this optimiser step
-FAULT_GRACE_S = 6.0  # the injected fault waits this long: Ray Train registers a checkpoint only once its controller
-# has polled every rank's report (every 2 s), so an earlier exit could lose the checkpoint just reported
 MIN_CPUS_PER_WORKER = 0.25  # below this a CPU training worker makes no useful progress
 IDLE_WORKERS_ENV = "RAY_num_workers_soft_limit"  # Ray's limit of worker processes kept alive (see keep_idle_workers)
 BATCHES_PER_BLOCK = 8  # annotation rows per Ray Data block = batch_size x this (see build_trainer)
@@ -50,6 +46,7 @@ class TaskData:
     train: list[Row]
     val: list[Row]
     val_mc: list[Row]  # optional multiple-choice rows scored with the retrieval head
+    test: list[Row]  # held-out rows, read once at the end of a run (empty when data.test_file is not set)
     num_answers: int  # QA label count (0 for other tasks)
     reports: list[LoadReport] = dataclasses.field(default_factory=list)  # what each annotation file kept/skipped
 
@@ -69,8 +66,8 @@ def prepare_task(cfg: Config) -> TaskData:
     tokenizer = Path(cfg.data.tokenizer)
     if not tokenizer.exists():
         raise FileNotFoundError(f"data.tokenizer: no such file or directory: {tokenizer}")
-    for key in ("train_file", "val_file"):
-        if not Path(getattr(cfg.data, key)).is_file():
+    for key in ("train_file", "val_file", "test_file"):
+        if (key != "test_file" or cfg.data.test_file) and not Path(getattr(cfg.data, key)).is_file():
             raise FileNotFoundError(f"data.{key}: no such annotation file: {getattr(cfg.data, key)!r}")
     ans2label = None
     if cfg.data.task == "qa":
@@ -86,11 +83,14 @@ def prepare_task(cfg: Config) -> TaskData:
         if unseen:
             logger.warning("dropping %d training questions whose answer is not in the vocabulary", unseen)
         train = [r for r in train if r["label"] >= 0]
-    val_mc = []
+    val_mc, test = [], []
     if cfg.data.val_mc_file:
         val_mc, mc_report = load_annotations(cfg.data.val_mc_file, known_video_ids=known)
         reports.append(mc_report)
-    return TaskData(train, val, val_mc, len(ans2label) if ans2label else 0, reports)
+    if cfg.data.test_file:
+        test, test_report = load_annotations(cfg.data.test_file, known_video_ids=known, ans2label=ans2label)
+        reports.append(test_report)
+    return TaskData(train, val, val_mc, test, len(ans2label) if ans2label else 0, reports)
 
 
 def keep_idle_workers(minimum: int = 32) -> None:
@@ -138,17 +138,30 @@ def schedule(cfg: Config, num_rows: int, num_workers: int) -> tuple[int, int]:
     return steps_per_epoch, max(1, math.ceil(cfg.optim.num_epochs * steps_per_epoch))
 
 
-def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
-    """A TorchTrainer over the training rows, with checkpointing, failure handling and the data stage."""
+def worker_resources(cfg: Config, cluster: dict[str, float] | None = None) -> tuple[float, float]:
+    """(CPUs per training worker, CPUs per data task) of a run: fixed by train.cpus_per_worker, else planned
+    against ``cluster`` (a sweep trial's share) or, by default, the whole cluster as it is now."""
+    if cfg.train.cpus_per_worker > 0:
+        return cfg.train.cpus_per_worker, 1.0
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
+    return plan_resources(cluster, cfg.train.num_workers, cfg.train.use_gpu)
+
+
+def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str,
+                  cluster: dict[str, float] | None = None, callbacks: Sequence = ()):
+    """A TorchTrainer over the training rows, with checkpointing, failure handling and the data stage.
+
+    ``cluster``: the resources this run may use (default: the whole cluster); ``callbacks``: Ray Train run
+    callbacks (a sweep passes Tune's report callback).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if cfg.train.cpus_per_worker > 0:
-        cpus_per_worker, data_cpus = cfg.train.cpus_per_worker, 1.0
-    else:
-        cpus_per_worker, data_cpus = plan_resources(ray.cluster_resources(), cfg.train.num_workers,
-                                                    cfg.train.use_gpu)
+    cpus_per_worker, data_cpus = worker_resources(cfg, cluster)
     steps_per_epoch, total_steps = schedule(cfg, len(task.train), cfg.train.num_workers)
     cfg_dict = config_to_dict(cfg)
     negatives = (np.array([r["video_id"] for r in task.train]), np.array([r["texts"][0] for r in task.train]))
@@ -176,7 +189,7 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.train.placement_strategy),
         run_config=RunConfig(
-            name=name, storage_path=storage_path,
+            name=name, storage_path=storage_path, callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute=cfg.train.metric,
                                                checkpoint_score_order=cfg.train.metric_mode),
@@ -187,12 +200,25 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str):
 
 
 def run_training(cfg: Config, *, storage_path: str, name: str) -> dict[str, Any]:
-    """Fit, then write STORAGE/NAME/final_metrics.json and export the best checkpoint to STORAGE/NAME/best/."""
+    """Check the storage and the task, then ``fit_and_export``."""
     check_storage(storage_path)
     task = prepare_task(cfg)
+    check_answers(cfg, task)
+    return fit_and_export(cfg, task, storage_path=storage_path, name=name)
+
+
+def check_answers(cfg: Config, task: TaskData) -> None:
+    """A QA answer vocabulary must fit the model's answer head."""
     if cfg.data.task == "qa" and task.num_answers > cfg.model.num_answers:
         raise ValueError(f"{task.num_answers} answers do not fit model.num_answers={cfg.model.num_answers}")
-    result = build_trainer(cfg, task, storage_path=storage_path, name=name).fit()
+
+
+def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
+                   cluster: dict[str, float] | None = None, callbacks: Sequence = ()) -> dict[str, Any]:
+    """Fit; export the checkpoint chosen on validation to STORAGE/NAME/best/; evaluate it once on the test rows;
+    write STORAGE/NAME/final_metrics.json: ``val`` (the chosen evaluation's metrics) and ``test`` side by side."""
+    trainer = build_trainer(cfg, task, storage_path=storage_path, name=name, cluster=cluster, callbacks=callbacks)
+    result = trainer.fit()
     if result.error:
         raise result.error
     best_ckpt, best_metrics = best_checkpoint(result, cfg.train.metric, cfg.train.metric_mode)
@@ -203,10 +229,32 @@ def run_training(cfg: Config, *, storage_path: str, name: str) -> dict[str, Any]
         best_dir.mkdir(parents=True)
         for fname in (WEIGHTS_NAME, CONFIG_NAME):
             shutil.copy2(Path(src) / fname, best_dir / fname)
-    final = {"metric": cfg.train.metric, "best": best_metrics, "step": best_metrics.get("step"),
+    test = evaluate_test_split(cfg, task.test, best_dir, worker_resources(cfg, cluster)[0])
+    final = {"metric": cfg.train.metric, "val": best_metrics, "test": test, "step": best_metrics.get("step"),
              "checkpoint": best_ckpt.path, "exported": str(best_dir), "last": result.metrics}
     (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2, default=float))
+    if test:
+        logger.info("test split (%d rows) at step %s: %s", len(task.test), final["step"],
+                    ", ".join(f"{k} {v:.3g}" for k, v in test.items()))
     return final
+
+
+def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint_dir: Path, cpus: float) -> dict[str, float] | None:
+    """The task's metrics of an exported checkpoint on held-out rows (dense inference, as validation), computed
+    once, in a Ray task with a training worker's resources (a GPU when the run trains on GPUs); None without rows."""
+    if not rows:
+        return None
+    import ray
+
+    task = ray.remote(_evaluate_exported).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0)
+    return ray.get(task.remote(cfg, list(rows), str(checkpoint_dir), max(1, math.ceil(cpus))))
+
+
+def _evaluate_exported(cfg: Config, rows: list[Row], checkpoint_dir: str, threads: int) -> dict[str, float]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(threads)
+    model, _ = load_checkpoint(checkpoint_dir, map_location=device)
+    return evaluate(model, cfg, rows, device)
 
 
 def best_checkpoint(result, metric: str, mode: str):
@@ -228,236 +276,3 @@ def check_storage(storage_path: str) -> None:
             pass
     except OSError as e:
         raise PermissionError(f"--storage-path {storage_path} is not writable: {e.strerror or e}") from None
-
-
-# ------------------------------------------------------------------------------------------------ worker
-@dataclasses.dataclass
-class _Window:
-    """Throughput counters of one worker over a time window (between log lines, or between evaluations)."""
-
-    samples: int = 0  # training rows seen by this worker
-    wait_s: float = 0.0  # time spent waiting for the next batch
-    since: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def rates(self, world: int) -> tuple[float, float]:
-        """(samples/s of all workers, assuming equal shards; fraction of the window spent waiting for data)."""
-        elapsed = max(time.perf_counter() - self.since, 1e-9)
-        return self.samples * world / elapsed, self.wait_s / elapsed
-
-
-@dataclasses.dataclass
-class _Progress:
-    step: int = 0  # optimiser steps done
-    epoch: int = 0  # passes over the data started
-    resumed_from: int = 0  # step of the checkpoint this attempt started from (0 = fresh start)
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    log: _Window = dataclasses.field(default_factory=_Window)  # since the last log line
-    report: _Window = dataclasses.field(default_factory=_Window)  # since the last evaluation
-
-    def add(self, samples: int, wait_s: float) -> None:
-        for window in (self.log, self.report):
-            window.samples += samples
-            window.wait_s += wait_s
-
-
-def _precision(cfg: Config, device: torch.device) -> str:
-    """The autocast precision to use: on CPU always fp32 (bf16 autocast is slower there); bf16 falls back
-    to fp16 on GPUs without bf16."""
-    if device.type != "cuda":
-        return "fp32"
-    if cfg.train.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "fp16"
-    return cfg.train.precision
-
-
-def cpu_threads(configured: int, local_workers: int) -> int:
-    """Intra-op threads of a CPU training worker: ``configured`` when > 0, else this process's usable cores
-    divided among the training workers of its node. The data stage's tasks share those cores; they need a
-    small part of them (bench/train.py measures the data-wait fraction)."""
-    if configured > 0:
-        return configured
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_workers))
-
-
-def _restore(ckpt, model: torch.nn.Module, optimizer, scaler, device: torch.device) -> _Progress:
-    from safetensors.torch import load_file
-
-    with ckpt.as_directory() as d:
-        model.load_state_dict(load_file(str(Path(d) / WEIGHTS_NAME), device=str(device)))
-        state = torch.load(Path(d) / STATE_NAME, map_location=device, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    logger.info("resumed from step %d (epoch %d)", state["step"], state["epoch"])
-    return _Progress(step=int(state["step"]), epoch=int(state["epoch"]), resumed_from=int(state["step"]))
-
-
-def _loss(model, cfg: Config, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    frames, ids, mask = batch["frames"], batch["input_ids"], batch["attention_mask"]
-    labels = None if cfg.model.head == "itm" else batch["label"]
-    if not cfg.model.contrastive:
-        return task_loss(cfg.model.head, model(frames, ids, mask), labels, cfg.model.consensus)
-    same = None
-    if cfg.optim.itm_hard_negatives and cfg.model.head == "itm":
-        key = batch["video_key"]
-        same = key[:, None] == key[None, :]  # (B, B)
-        if bool(same.all()):
-            same = None  # one video in the batch: nothing to mine
-    out = model(frames, ids, mask, return_embeddings=True, hard_negatives=same)
-    itc = contrastive_loss(out.video_embeds, out.text_embeds, out.logit_scale)
-    return task_loss(cfg.model.head, out.logits, labels, cfg.model.consensus) + cfg.optim.itc_weight * itc
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: sparse-clip finetuning with AMP, DDP, grad accumulation, evaluation and checkpoints.
-
-    ``config`` keys: ``cfg`` (config_to_dict), ``steps_per_epoch``, ``total_steps``, ``val_rows``,
-    ``val_mc_rows``, ``tensorboard_dir`` (or None), optional ``fault_at_step`` (fault injection for tests, set
-    from the CLIPBERT_FAULT_AT_STEP environment variable of the driver: the last rank exits abruptly at that
-    step in an attempt that did not start from a checkpoint). Every evaluation is reported by every rank through
-    ``ray.train.report``; rank 0 attaches the checkpoint (model.safetensors + config.json + train_state.pt).
-    Reported metrics: the validation metrics, ``step``, ``epoch``, ``eval_s``, ``train_samples_per_s`` (all
-    workers, since the previous evaluation), ``data_wait_fraction`` (of rank 0's time since the previous
-    evaluation spent waiting for the next batch) and ``resumed_from_step`` (0 unless restored from a checkpoint).
-    """
-    import ray.train
-    import ray.train.torch
-
-    cfg = config_from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.train.seed + rank)
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(cfg.train.cpu_threads, ctx.get_local_world_size()))
-        if rank == 0:
-            logger.info("CPU training with %d torch threads per worker", torch.get_num_threads())
-    precision = _precision(cfg, device)
-    model, reports = build_model(cfg.model)
-    if rank == 0:
-        for report in reports:
-            logger.info("%s", report.summary())
-    model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ckpt = ray.train.get_checkpoint()
-    progress = _restore(ckpt, model, optimizer, scaler, device) if ckpt else _Progress()
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    writer = _tensorboard(config.get("tensorboard_dir")) if rank == 0 else None
-    total, accum = config["total_steps"], cfg.optim.grad_accum_steps
-    shard = ray.train.get_dataset_shard("train")
-    params = [p for p in model.parameters() if p.requires_grad]
-    ddp.train()
-    while progress.step < total:
-        progress.epoch += 1
-        micro, batches = 0, 0
-        tick = time.perf_counter()
-        for batch in shard.iter_torch_batches(batch_size=cfg.optim.batch_size, drop_last=True, device=device):
-            waited = time.perf_counter() - tick
-            batches += 1
-            micro += 1
-            sync = micro % accum == 0
-            with (ddp.no_sync() if (world > 1 and not sync) else _null()), autocast(device, precision):
-                loss = _loss(ddp, cfg, batch)
-            scaler.scale(loss / accum).backward()
-            progress.add(batch["label"].shape[0], waited)
-            progress.loss_sum, progress.loss_count = progress.loss_sum + loss.item(), progress.loss_count + 1
-            if sync:
-                lrs = _optimizer_step(optimizer, scaler, params, cfg, progress.step, total)
-                progress.step += 1
-                _maybe_inject_fault(config.get("fault_at_step"), progress, rank, world)
-                if rank == 0 and progress.step % cfg.train.log_every_steps == 0:
-                    _log(progress, lrs, world, writer)
-                if progress.step % cfg.train.eval_every_steps == 0 or progress.step == total:
-                    _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, world, device, writer)
-                if progress.step >= total:
-                    break
-            tick = time.perf_counter()
-        if batches == 0:
-            raise RuntimeError("the training data shard yielded no batch: fewer rows than batch_size per worker")
-    if writer:
-        writer.close()
-
-
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
-
-
-def _optimizer_step(optimizer, scaler, params, cfg: Config, step: int, total: int) -> list[float]:
-    scaler.unscale_(optimizer)
-    if cfg.optim.grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_norm)
-    lrs = apply_lr(optimizer, step, total, cfg.optim.warmup_ratio)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return lrs
-
-
-def _log(progress: _Progress, lrs: list[float], world: int, writer) -> None:
-    loss = progress.loss_sum / max(progress.loss_count, 1)
-    rate, wait = progress.log.rates(world)
-    logger.info("step %d epoch %d loss %.4f lr %.2e samples/s %.1f data-wait %.0f%%",
-                progress.step, progress.epoch, loss, max(lrs), rate, 100 * wait)
-    if writer:
-        for key, value in {"train/loss": loss, "train/lr": max(lrs), "train/samples_per_s": rate,
-                           "train/data_wait_fraction": wait}.items():
-            writer.add_scalar(key, value, progress.step)
-    progress.loss_sum, progress.loss_count, progress.log = 0.0, 0, _Window()
-
-
-def _maybe_inject_fault(fault_at_step: int | None, progress: _Progress, rank: int, world: int) -> None:
-    """Fault injection for tests: the last rank exits abruptly at ``fault_at_step``, once per run (only in an
-    attempt that did not start from a checkpoint, so the restored attempt goes past it)."""
-    if fault_at_step and progress.step == fault_at_step and progress.resumed_from == 0 and rank == world - 1:
-        logger.error("fault injection: rank %d exits at step %d in %.0f s", rank, progress.step, FAULT_GRACE_S)
-        time.sleep(FAULT_GRACE_S)
-        os._exit(1)
-
-
-def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, world, device, writer) -> None:
-    import ray.train
-
-    started = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    if rank == 0:
-        rate, wait = progress.report.rates(world)
-        start = time.perf_counter()
-        metrics = evaluate(model, cfg, config["val_rows"], device, mc_rows=config["val_mc_rows"])
-        metrics.update(step=progress.step, epoch=progress.epoch, eval_s=time.perf_counter() - start,
-                       train_samples_per_s=rate, data_wait_fraction=wait, resumed_from_step=progress.resumed_from)
-        logger.info("eval at step %d: %s", progress.step,
-                    ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float)))
-        if writer:
-            for key, value in metrics.items():
-                writer.add_scalar(f"val/{key}", value, progress.step)
-    if world > 1:
-        box = [metrics]
-        torch.distributed.broadcast_object_list(box, src=0)
-        metrics = box[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            save_checkpoint(model, cfg, tmp)
-            torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "step": progress.step, "epoch": progress.epoch}, Path(tmp) / STATE_NAME)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
-    progress.report = _Window()
-    progress.log.since += time.perf_counter() - started  # log lines measure training, not evaluation
-
-
-def _tensorboard(log_dir: str | None):
-    if not log_dir:
-        return None
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        logger.warning("tensorboardX is not installed: no TensorBoard events")
-        return None
-    os.makedirs(log_dir, exist_ok=True)
-    return SummaryWriter(log_dir)

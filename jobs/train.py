@@ -7,8 +7,9 @@ Usage:
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/train.py --config msrvtt_ret ...
 
 Plain `python` starts a local Ray; under `ray job submit` (RAY_ADDRESS set) or with --address it joins that
-cluster. Re-running with the same --storage-path and --name resumes from the last checkpoint. The run writes
-STORAGE/NAME/final_metrics.json and exports the best checkpoint to STORAGE/NAME/best/.
+cluster. Re-running with the same --storage-path and --name resumes from the last checkpoint. The run exports the
+checkpoint chosen on validation to STORAGE/NAME/best/, evaluates it once on data.test_file (when set) and writes
+both metrics, `val` and `test`, to STORAGE/NAME/final_metrics.json.
 Exit codes: 0 done, 1 training failed, 2 bad configuration or input.
 """
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the trainer's own error, after its retries
         logger.error("training failed: %s", e)
         return 1
-    print(json.dumps({"best": final["best"], "exported": final["exported"]}, indent=2, default=float))
+    print(json.dumps({k: final[k] for k in ("val", "test", "exported")}, indent=2, default=float))
     return 0
 
 

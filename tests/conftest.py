@@ -25,6 +25,7 @@ class TinyCorpus:
     root: Path
     train_ids: tuple[str, ...]  # videos of the train split
     val_ids: tuple[str, ...]  # videos of the val split
+    test_ids: tuple[str, ...]  # videos of the held-out test split
 
     @property
     def frames(self) -> Path:
@@ -56,6 +57,38 @@ def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Non
     fs.write_manifest(out, fs.read_shard_rows(out))
 
 
+def tiny_checkpoint(cfg: Config, directory: Path, seed: int) -> str:
+    """A randomly initialised model of `cfg` saved as a checkpoint; its directory."""
+    import torch
+
+    from clipbert.checkpoint import build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    model, _ = build_model(cfg.model)
+    return str(save_checkpoint(model, cfg, directory))
+
+
+def tiny_index(cfg: Config, checkpoint: str, videos: list[str], out: Path, n_clips: int = 3) -> Path:
+    """A video-granularity index of `videos` (of cfg.data.frame_store) at out/index, embedded without Ray
+    (what pipelines/embed.py writes, one shard, in out/emb); returns out/index."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from clipbert.checkpoint import checkpoint_hash
+    from clipbert.config import config_to_dict
+    from clipbert.index import VideoIndex
+    from pipelines.embed import Embedder, embedding_rows, load_clips
+
+    batch = load_clips({"video_id": np.array(videos)}, cfg=config_to_dict(cfg), n_clips=n_clips)
+    shards = out / "emb" / "shards"
+    shards.mkdir(parents=True)
+    pq.write_table(embedding_rows(Embedder(checkpoint, use_gpu=False)(batch)), shards / "r000-00000.parquet")
+    provenance = {"checkpoint": checkpoint, "checkpoint_hash": checkpoint_hash(checkpoint),
+                  "frame_store": cfg.data.frame_store, "n_clips": n_clips}
+    VideoIndex.build(out / "emb", out / "index", granularity="video", memory_budget="1G", provenance=provenance)
+    return out / "index"
+
+
 def corrupt_frames(store: Path, video_id: str) -> None:
     """Overwrite every stored frame of `video_id` in a frame store (one shard) with bytes that are not a JPEG."""
     import lmdb
@@ -69,14 +102,15 @@ def corrupt_frames(store: Path, video_id: str) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
-    """24 short 160x120 videos (20 train, 4 val), their tokenizer (written by the synthesizer) and frame store."""
+    """28 short 160x120 videos (20 train, 4 val, 4 test), their tokenizer (written by the synthesizer) and frame
+    store."""
     from clipbert.synthetic import synthesize_corpus
 
     root = tmp_path_factory.mktemp("tiny_corpus")
-    info = synthesize_corpus(root, n_videos=24, seed=7, val_videos=4, test_videos=0, min_duration=2.0,
+    info = synthesize_corpus(root, n_videos=28, seed=7, val_videos=4, test_videos=4, min_duration=2.0,
                              max_duration=3.0, sizes=[(160, 120)], fps_choices=[10])
     _build_frame_store(root / "videos", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
-    return TinyCorpus(root, tuple(info.splits["train"]), tuple(info.splits["val"]))
+    return TinyCorpus(root, *(tuple(info.splits[s]) for s in ("train", "val", "test")))
 
 
 def pick_free_port() -> int:

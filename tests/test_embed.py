@@ -36,8 +36,9 @@ def test_embeddings_equal_the_model_and_resume_adds_the_rest(ray_local, tiny_cor
     first = run_embed(ckpt, str(tiny_corpus.frames), str(out), video_ids=tiny_corpus.val_ids, n_clips=3)
     assert (first.videos_ok, first.videos_skipped, first.clips) == (len(tiny_corpus.val_ids), 0, 3 * 4)
     second = run_embed(ckpt, str(tiny_corpus.frames), str(out), n_clips=3)  # the whole store: only the rest
-    everything = tiny_corpus.train_ids + tiny_corpus.val_ids
-    assert (second.videos_ok, second.videos_skipped) == (len(tiny_corpus.train_ids), len(tiny_corpus.val_ids))
+    everything = tiny_corpus.train_ids + tiny_corpus.val_ids + tiny_corpus.test_ids
+    others = len(tiny_corpus.train_ids) + len(tiny_corpus.test_ids)
+    assert (second.videos_ok, second.videos_skipped) == (others, len(tiny_corpus.val_ids))
     ids = read_rows(out, ["video_id"]).column("video_id").to_pylist()
     assert sorted(ids) == sorted(everything)  # every video once
     rows = _by_id(out)

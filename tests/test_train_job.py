@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.data import load_annotations
+from clipbert.evaluation import evaluate
 from jobs import train as job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +66,8 @@ def test_spread_run_survives_a_killed_worker_then_resumes(ray_two_nodes, tiny_co
     then continues from step 5 to step 10. (One scenario, so that the slow runs stay few.)"""
     from ray.util.state import list_actors
 
-    from clipbert.training import FAULT_ENV, STATE_NAME
+    from clipbert.train_loop import STATE_NAME
+    from clipbert.training import FAULT_ENV
 
     args = _args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, "--name", "spread",
                  "--set", "train.placement_strategy=SPREAD", "--set", "train.max_failures=1",
@@ -92,11 +95,11 @@ def test_spread_run_survives_a_killed_worker_then_resumes(ray_two_nodes, tiny_co
 
 def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
     """final_metrics.json names the best evaluation and its checkpoint, exported to RUN/best/ (loadable)."""
-    assert final["metric"] == "t2v_r1" and final["step"] == final["best"]["step"] in (2, 4, 5)
-    assert final["best"]["t2v_r1"] >= final["last"]["t2v_r1"]
+    assert final["metric"] == "t2v_r1" and final["step"] == final["val"]["step"] in (2, 4, 5)
+    assert final["val"]["t2v_r1"] >= final["last"]["t2v_r1"]
     for key in ("t2v_r1", "v2t_r1", "itc_t2v_r1", "mc_acc", "train_samples_per_s", "data_wait_fraction"):
-        assert key in final["best"], key
-    assert final["best"]["train_samples_per_s"] > 0 and 0 <= final["best"]["data_wait_fraction"] <= 1
+        assert key in final["val"], key
+    assert final["val"]["train_samples_per_s"] > 0 and 0 <= final["val"]["data_wait_fraction"] <= 1
     best = Path(final["exported"])
     assert best == run_dir / "best" and sorted(p.name for p in best.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     model, cfg = load_checkpoint(best)
@@ -104,6 +107,9 @@ def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
     source = load_file(str(Path(final["checkpoint"]) / WEIGHTS_NAME))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, source[key], rtol=0, atol=0)
+    test_rows, _ = load_annotations(cfg.data.test_file)  # the held-out split, scored once with the exported model
+    expected = evaluate(model, corpus.config("synthetic_tiny"), test_rows, torch.device("cpu"))
+    assert final["test"] == pytest.approx(expected, abs=1e-9) and "t2v_r1" in final["test"]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -180,5 +186,5 @@ def test_ray_job_submit_runs_train_to_completion(ray_head, tiny_corpus, tmp_path
     assert "succeeded" in output, output[-4000:]
     final = json.loads((storage / "submitted" / "final_metrics.json").read_text())
     assert final["last"]["step"] == 5
-    assert final["best"]["t2v_r1"] >= final["last"]["t2v_r1"]
+    assert final["val"]["t2v_r1"] >= final["last"]["t2v_r1"]
     assert Path(final["exported"], "model.safetensors").is_file()

@@ -1,4 +1,4 @@
-"""Tests of clipbert/training.py (resource plan, schedule, task preparation, trainer) and clipbert/batches.py.
+"""Tests of clipbert/training.py (resource plan, schedule, task preparation, trainer, test split) and clipbert/batches.py.
 
 The Ray Train runs themselves (2 workers on two nodes, a killed worker, resume) are in test_train_job.py.
 """
@@ -13,7 +13,7 @@ import pytest
 from clipbert import training
 from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch, video_key
 from clipbert.config import config_to_dict
-from clipbert.data import load_ans2label, load_annotations
+from clipbert.data import load_annotations, load_ans2label
 from clipbert.text import load_tokenizer, tokenize
 
 
@@ -49,18 +49,6 @@ def test_plan_resources_fits_workers_and_data_stage(cluster, workers, gpu, expec
 def test_plan_resources_refuses_what_cannot_be_placed(cluster, workers, gpu, message):
     with pytest.raises(ValueError, match=message):
         training.plan_resources(cluster, workers, gpu)
-
-
-@pytest.mark.parametrize("configured, local_workers, cores, expected", [
-    (0, 1, 2, 2),  # one worker on this 2-core machine uses both cores, not Ray's 1 reserved CPU
-    (0, 2, 2, 1),
-    (0, 3, 2, 1),  # never below one thread
-    (0, 4, 16, 4),
-    (3, 1, 2, 3),  # an explicit count wins
-])
-def test_cpu_threads_share_the_node_among_its_workers(monkeypatch, configured, local_workers, cores, expected):
-    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert training.cpu_threads(configured, local_workers) == expected
 
 
 @pytest.mark.parametrize(
@@ -181,30 +169,6 @@ def test_make_batch_draws_fresh_clips_unless_seeded(tiny_corpus):
     np.testing.assert_array_equal(*inference)  # uniform clips: the same every time
 
 
-@pytest.mark.parametrize("one_video", [False, True])
-def test_hard_negative_loss_mines_other_videos_of_the_batch(tiny_corpus, one_video):
-    import torch
-
-    from clipbert.checkpoint import build_model
-
-    cfg = tiny_corpus.config("synthetic_tiny", "optim.itm_hard_negatives=True")
-    rows, _ = load_annotations(cfg.data.train_file)
-    rows = [rows[0]] * 3 if one_video else rows[:3]
-    batch = {k: torch.from_numpy(v) for k, v in make_batch(_columns(rows), cfg=config_to_dict(cfg), train=True,
-                                                                  seed=0).items()}
-    torch.manual_seed(0)
-    model, _ = build_model(cfg.model)
-    model.eval()
-    calls = []
-    model.hard_negative_logits = lambda *a: calls.append(a[5]) or torch.zeros(3, 2, cfg.sampling.train_n_clips, 2)
-    loss = training._loss(model, cfg, batch)
-    assert torch.isfinite(loss)
-    if one_video:
-        assert calls == []  # nothing to mine from a batch of one video
-    else:
-        torch.testing.assert_close(calls[0], torch.eye(3, dtype=torch.bool))  # the same-video mask from video_key
-
-
 # ----------------------------------------------------------------------------------------- bad input
 def test_prepare_task_counts_broken_lines_and_unknown_videos(tiny_corpus, tmp_path):
     lines = (tiny_corpus.root / "txt" / "retrieval_train.jsonl").read_text().splitlines()
@@ -219,6 +183,14 @@ def test_prepare_task_counts_broken_lines_and_unknown_videos(tiny_corpus, tmp_pa
     assert report.skipped == {"bad_json": 1, "unknown_video": 1}
     assert any("no_such_video" in p for p in report.problems)
     assert len(task.val) == len(tiny_corpus.val_ids) and task.val_mc
+    assert sorted(r["video_id"] for r in task.test) == sorted(tiny_corpus.test_ids)  # held out from train and val
+
+
+def test_prepare_task_reads_no_test_split_when_none_is_set(tiny_corpus, tmp_path):
+    assert training.prepare_task(tiny_corpus.config("synthetic_tiny", "data.test_file=''")).test == []
+    cfg = tiny_corpus.config("synthetic_tiny", f"data.test_file={tmp_path / 'gone.jsonl'}")
+    with pytest.raises(FileNotFoundError, match=r"data.test_file: no such annotation file: .*gone.jsonl"):
+        training.prepare_task(cfg)
 
 
 def test_prepare_task_missing_frame_store(tiny_corpus, tmp_path):
