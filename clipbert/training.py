@@ -125,7 +125,7 @@ def plan_resources(cluster: dict[str, float], num_workers: int, use_gpu: bool) -
             f">= {MIN_CPUS_PER_WORKER} CPU besides the data stage; use at most "
             f"{max(1, int((cpus - 1) / MIN_CPUS_PER_WORKER))} workers or add nodes"
         )
-    return per_worker, 0.5
+    return per_worker, min(0.5, cpus / 2)
 
 
 def schedule(cfg: Config, num_rows: int, num_workers: int) -> tuple[int, int]:
@@ -246,7 +246,9 @@ def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint_dir: Path, 
         return None
     import ray
 
-    task = ray.remote(_evaluate_exported).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0)
+    # "DEFAULT": outside the placement group of a sweep trial, which holds only its own function's sliver of CPU
+    task = ray.remote(_evaluate_exported).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0,
+                                                  scheduling_strategy="DEFAULT")
     return ray.get(task.remote(cfg, list(rows), str(checkpoint_dir), max(1, math.ceil(cpus))))
 
 
