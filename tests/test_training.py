@@ -226,3 +226,20 @@ def test_fixed_cpus_per_worker_skips_the_placement_check(ray_local, tiny_corpus)
     trainer = training.build_trainer(cfg, task, storage_path="/tmp/unused", name="x")
     assert trainer.scaling_config.num_workers == 8
     assert trainer.scaling_config.resources_per_worker["CPU"] == 4
+
+
+def test_a_trial_config_reaches_the_data_stage_the_schedule_and_the_workers(ray_local, tiny_corpus):
+    """What a sweep trial sets (sampling, batch size, epochs, model) is what its clips, steps and workers use."""
+    from clipbert.config import load_config_tree
+    from clipbert.sweep_space import trial_config
+
+    tree = load_config_tree("synthetic_tiny", [f"data.root={tiny_corpus.root}", "train.num_workers=1"])
+    cfg = trial_config(tree, {"sampling.train_n_clips": 3, "sampling.num_frames": 1, "optim.batch_size": 4,
+                              "optim.num_epochs": 3, "model.consensus": "max"})
+    task = training.prepare_task(cfg)
+    trainer = training.build_trainer(cfg, task, storage_path="/tmp/unused", name="x", cluster={"CPU": 1.0})
+    assert trainer.train_loop_config["cfg"] == config_to_dict(cfg)  # the workers' config
+    assert trainer.train_loop_config["total_steps"] == 3 * (len(task.train) // 4)  # the schedule
+    batch = trainer.datasets["train"].take_batch(4)  # the data stage
+    assert batch["frames"].shape[:3] == (4, 3, 1)  # (B, N, T, 3, S, S)
+    assert trainer.scaling_config.resources_per_worker["CPU"] == 0.5  # planned against the given share
