@@ -91,3 +91,14 @@ def test_resume_refuses_a_sweep_started_with_other_arguments(tmp_path):
     changed = {**started, "spec": {**started["spec"], "num_samples": 16}, "trials": 16}
     with pytest.raises(ValueError, match=r"started differently \(num_samples: 8 -> 16; trials: 8 -> 16\)"):
         check_same_sweep(tmp_path / "sweep.json", changed)
+
+
+def test_searchers_are_seeded_and_carry_the_concurrency_limit():
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from clipbert.sweep import make_searcher
+
+    random = make_searcher(SweepSpec(config="c", space="s", seed=3), max_concurrent=2)
+    assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 2
+    assert isinstance(make_searcher(SweepSpec(config="c", space="s", search="optuna"), max_concurrent=2), OptunaSearch)
