@@ -1,10 +1,11 @@
-# Entry points: `make demo` (the main job on a corpus it synthesizes), `make test`, `make bench`.
+# Entry points: `make demo` (a tour of the system on a corpus it synthesizes), `make serve` (the demo's index over
+# HTTP), `make test`, `make bench`. The browser tests need Debian's chromium and chromium-driver (.ci/run installs them).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo serve bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ test: setup
 demo: setup
 	$(PY) jobs/demo.py --workdir demo_run
 
+serve: setup
+	$(PY) jobs/serve.py --index demo_run/index --rerank 0
+
 bench: setup
 	$(PY) bench/preprocess.py --output bench_results
 	$(PY) bench/loader.py --output bench_results
@@ -28,6 +32,7 @@ bench: setup
 	$(PY) bench/train.py --output bench_results
 	$(PY) bench/embed.py --output bench_results
 	$(PY) bench/index.py --output bench_results
+	$(PY) bench/serve.py --output bench_results
 
 clean:
 	rm -rf demo_run bench_results .pytest_cache

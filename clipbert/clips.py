@@ -90,6 +90,12 @@ def video_clips(store: FrameStore, video_id: str, cfg: Config, *, train: bool,
     return x.reshape(n, t, *x.shape[1:]).numpy()  # (N, T, 3, S, S)
 
 
+def inference_indices(store: FrameStore, video_id: str, sampling: SamplingConfig, n_clips: int) -> np.ndarray:
+    """Stored-frame indices of the N uniform inference clips of one video (what the index embedded): int64 (N, T)."""
+    sampling = _with_inference_clips(sampling, n_clips)
+    return indices_for_config(sampling, store.num_frames(video_id), store.fps(video_id), train=False).frame_indices
+
+
 def video_batch(video_ids: Sequence[str], cfg: Config, *, n_clips: int | None = None) -> np.ndarray:
     """Inference clips of several videos of ``cfg.data.frame_store``: uint8 (B, N, T, 3, S, S)."""
     store = open_store(cfg.data.frame_store)

@@ -116,10 +116,16 @@ class Searcher:
         """Ranked hits per query: the top `rerank` candidates re-ranked by the cross-encoder, then the rest of
         the top `k` in dual-encoder order. `k` and `rerank` are clamped to the gallery size."""
         queries = self.check_queries(queries)
-        k, rerank = self._clamp(k, "k"), self._clamp(rerank, "rerank") if rerank > 0 else 0
+        k, rerank = self.depths(k, rerank)
         found, dual = self.candidates(self._embed(queries), max(k, rerank), aggregate)
         cross = self.rerank(queries, [row[:rerank] for row in found]) if rerank else [np.zeros(0)] * len(found)
-        return [_merge(row, d, c, k) for row, d, c in zip(found, dual, cross)]
+        return [merge_hits(row, d, c, k) for row, d, c in zip(found, dual, cross)]
+
+    def depths(self, k: int, rerank: int) -> tuple[int, int]:
+        """(k, rerank) clamped to the gallery size; ValueError when k < 1 or rerank < 0 (0: no re-ranking)."""
+        if rerank < 0:
+            raise ValueError(f"rerank must be >= 0, got {rerank}")
+        return self._clamp(k, "k"), self._clamp(rerank, "rerank") if rerank > 0 else 0
 
     def _clamp(self, value: int, name: str) -> int:
         if value < 1:
@@ -130,8 +136,9 @@ class Searcher:
         return min(value, self.gallery_size)
 
 
-def _merge(ids: Sequence[str], dual: np.ndarray, cross: np.ndarray, k: int) -> list[Hit]:
-    """Re-ranked candidates (by cross score) first, then the remaining dual-ranked ones, cut at k."""
+def merge_hits(ids: Sequence[str], dual: np.ndarray, cross: np.ndarray, k: int) -> list[Hit]:
+    """One query's hits: its re-ranked candidates (by cross score, `cross` (R,) for the first R of `ids`) first, then
+    the remaining dual-ranked ones (`dual` (>= len(ids),)), cut at k."""
     order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(ids)))
     return [Hit(rank + 1, ids[i], float(dual[i]), float(cross[i]) if i < len(cross) else None)
             for rank, i in enumerate(order[:k])]

@@ -4,10 +4,12 @@ Usage:
     python jobs/search.py --index data/index --query "a red circle moves left, then a blue square moves up"
     python jobs/search.py --index data/index --query "..." --query "..." --k 10 --rerank 32
     python jobs/search.py --index data/index --eval data/synth/txt/retrieval_test.jsonl --json search_eval.json
+    python jobs/search.py --index data/index --query "..." --query "..." --k 5 --html contact_sheet.html
 
 The model, tokenizer and frame store default to those the index was built from (index.json); --checkpoint,
 --tokenizer and --frame-store override them. --eval prints dual-encoder, two-stage (each --depths) and all-pairs
-cross-encoder retrieval side by side: R@1/5/10, median rank, cross-encoder pair passes, seconds.
+cross-encoder retrieval side by side: R@1/5/10, median rank, cross-encoder pair passes, seconds. --html writes the
+queries' hits as one self-contained results page (each hit's frame strip inlined), to look at without a server.
 Exit codes: 0 done, 2 bad arguments or input.
 """
 
@@ -18,8 +20,12 @@ import dataclasses
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from clipbert.logs import setup_logging
+
+if TYPE_CHECKING:
+    from clipbert.search import Hit, Searcher
 
 logger = logging.getLogger("search")
 
@@ -35,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depths", default="4,8,16,32,64,128", help="re-rank depths of --eval")
     p.add_argument("--no-all-pairs", action="store_true", help="--eval without the all-pairs cross-encoder row")
     p.add_argument("--json", default=None, help="write the --eval rows (or the hits) to this JSON file")
+    p.add_argument("--html", default=None, help="write the hits of the queries as a self-contained HTML page")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the index's)")
     p.add_argument("--frame-store", default=None, help="frame store (default: the index's)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
@@ -58,6 +65,15 @@ def _print_hits(query: str, hits: list) -> None:
         print(f"  {h.rank:>3}  {h.video_id:<40}  dual {h.dual_score:+.4f}  cross {rerank}")
 
 
+def _write_html(path: str, searcher: Searcher, queries: list[str], results: list[list[Hit]], index: str) -> None:
+    from clipbert.results_page import contact_sheet
+
+    note = f"index {index}: {searcher.gallery_size} videos, checkpoint {searcher.checkpoint_hash}"
+    with open(path, "w") as f:
+        f.write(contact_sheet(searcher, queries, results, note=note))
+    print(f"\ncontact sheet: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -66,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.query and not args.eval:
         logger.error("give --query TEXT (repeatable) or --eval ANNOTATIONS.jsonl")
+        return 2
+    if args.html and not args.query:
+        logger.error("--html writes the hits of --query TEXT (repeatable)")
         return 2
     try:
         searcher = Searcher(args.index, checkpoint=args.checkpoint, frame_store=args.frame_store,
@@ -79,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             for query, hits in zip(args.query, results):
                 _print_hits(query, hits)
             out = [{"query": q, "hits": [dataclasses.asdict(h) for h in hits]} for q, hits in zip(args.query, results)]
+            if args.html:
+                _write_html(args.html, searcher, args.query, results, args.index)
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2

@@ -5,35 +5,18 @@ import json
 import logging
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import tiny_checkpoint, tiny_index
 
 from clipbert.checkpoint import build_model, checkpoint_hash, save_checkpoint
-from clipbert.config import config_to_dict
 from clipbert.evaluation import retrieval_scores
 from clipbert.index import VideoIndex
 from clipbert.search import Searcher
 from clipbert.search_eval import ROW_KEYS, evaluate_search
-from pipelines.embed import Embedder, embedding_rows, load_clips
 
 CPU = torch.device("cpu")
 N_CLIPS = 3
-
-
-def _checkpoint(cfg, directory, seed):
-    torch.manual_seed(seed)
-    model, _ = build_model(cfg.model)
-    return str(save_checkpoint(model, cfg, directory))
-
-
-def _embed_in_process(cfg, ckpt, videos, out):
-    """What pipelines/embed.py writes, computed without Ray: one shard and the provenance."""
-    batch = load_clips({"video_id": np.array(videos)}, cfg=config_to_dict(cfg), n_clips=N_CLIPS)
-    (out / "shards").mkdir(parents=True)
-    pq.write_table(embedding_rows(Embedder(ckpt, use_gpu=False)(batch)), out / "shards" / "r000-00000.parquet")
-    return {"checkpoint": ckpt, "checkpoint_hash": checkpoint_hash(ckpt), "frame_store": cfg.data.frame_store,
-            "n_clips": N_CLIPS}
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +24,9 @@ def built(tiny_corpus, tmp_path_factory):
     """A random tiny model, an index over the 20 train videos (video granularity) and a Searcher on it."""
     tmp = tmp_path_factory.mktemp("search")
     cfg = tiny_corpus.config()
-    ckpt = _checkpoint(cfg, tmp / "ckpt", seed=0)
+    ckpt = tiny_checkpoint(cfg, tmp / "ckpt", seed=0)
     videos = sorted(tiny_corpus.train_ids)
-    provenance = _embed_in_process(cfg, ckpt, videos, tmp / "emb")
-    VideoIndex.build(tmp / "emb", tmp / "index", granularity="video", memory_budget="1G", provenance=provenance)
+    tiny_index(cfg, ckpt, videos, tmp, n_clips=N_CLIPS)
     return Searcher(tmp / "index"), cfg, ckpt, videos, tmp
 
 
@@ -91,11 +73,14 @@ def test_bad_queries_and_clamped_depths(built, caplog):
     assert f"k=500 is more than the {len(videos)} videos" in caplog.text
     with pytest.raises(ValueError, match="k must be >= 1"):
         searcher.search(["red"], k=0)
+    with pytest.raises(ValueError, match="rerank must be >= 0, got -1"):
+        searcher.search(["red"], rerank=-1)
+    assert searcher.depths(3, 0) == (3, 0) and searcher.depths(500, 2) == (len(videos), 2)
 
 
 def test_another_checkpoint_is_named_with_both_hashes(built, caplog):
     searcher, cfg, ckpt, _, tmp = built
-    other = _checkpoint(cfg, tmp / "other", seed=1)
+    other = tiny_checkpoint(cfg, tmp / "other", seed=1)
     with caplog.at_level(logging.WARNING):
         Searcher(tmp / "index", checkpoint=other)
     assert checkpoint_hash(ckpt) in caplog.text and checkpoint_hash(other) in caplog.text
@@ -171,6 +156,7 @@ def test_build_index_job_exits_1_when_no_video_could_be_embedded(ray_local, buil
     import shutil
 
     from conftest import corrupt_frames
+
     from jobs.build_index import main
 
     _, _, ckpt, _, _ = built
@@ -181,3 +167,29 @@ def test_build_index_job_exits_1_when_no_video_could_be_embedded(ray_local, buil
     (tmp_path / "ids.txt").write_text(bad + "\n")
     assert main(["--checkpoint", ckpt, "--frame-store", str(store), "--output", str(tmp_path / "index"),
                  "--videos", str(tmp_path / "ids.txt")]) == 1
+
+
+def test_search_job_writes_a_self_contained_contact_sheet(built, tmp_path, capsys):
+    import base64
+    import re
+
+    from clipbert.frames import FrameStore
+    from jobs.search import main
+
+    searcher, _, _, videos, tmp = built
+    out = tmp_path / "sheet.html"
+    queries = ["a red circle moves left", "a blue square"]
+    assert main(["--index", str(tmp / "index"), "--query", queries[0], "--query", queries[1], "--k", "3",
+                 "--rerank", "1", "--html", str(out)]) == 0
+    assert f"contact sheet: {out}" in capsys.readouterr().out
+    page = out.read_text()
+    assert all(f'data-query="{q}"' in page for q in queries) and "<form" not in page
+    hit_ids = re.findall(r'<li class="hit" data-video-id="([^"]+)"', page)
+    assert len(hit_ids) == 2 * 3 and set(hit_ids) <= set(videos)
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 2 * 3 * N_CLIPS * searcher.cfg.sampling.num_frames
+    assert all(s.startswith("data:image/jpeg;base64,") for s in srcs)  # nothing to fetch
+    store = FrameStore(searcher.cfg.data.frame_store)
+    first = base64.b64decode(srcs[0].split(",", 1)[1])
+    assert first == store.get_jpeg(hit_ids[0], [0])[0]  # the first clip starts at frame 0
+    assert main(["--index", str(tmp / "index"), "--eval", "x.jsonl", "--html", str(out)]) == 2
