@@ -77,7 +77,7 @@ from clipbert.checkpoint import build_model, save_checkpoint  # noqa: E402
 from clipbert.config import Config, load_config  # noqa: E402
 from clipbert.model import build_optimizer  # noqa: E402
 from clipbert.scoring import autocast  # noqa: E402
-from clipbert.train_loop import _loss, _optimizer_step  # noqa: E402
+from clipbert.train_loop import batch_loss, optimizer_step  # noqa: E402
 
 PART_WEIGHTS = {"train_step": 0.40, "batched_vs_loop": 0.07, "data_path": 0.27, "embed": 0.11, "faiss": 0.15}
 MIN_PART_S = 5.0  # a part given less than this is skipped
@@ -225,11 +225,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Co
                precision: str, device: torch.device) -> None:
     """One optimiser step as clipbert/train_loop.py takes it: autocast forward + loss, backward, clipping, AdamW."""
     with autocast(device, precision):
-        loss = _loss(model, cfg, batch)
+        loss = batch_loss(model, cfg, batch)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]  # the trainable ones
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    _optimizer_step(optimizer, scaler, params, cfg, 1, 100)
+    optimizer_step(optimizer, scaler, params, cfg, 1, 100)
 
 
 def count_flops(step: Callable[[], None]) -> float:

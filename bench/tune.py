@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--max-side", type=int, default=160, help="longer side of the stored frames")
     p.add_argument("--num-samples", type=int, default=8, help="trials")
-    p.add_argument("--epochs", type=float, default=60, help="each trial's schedule (and the default preset's)")
+    p.add_argument("--epochs", type=float, default=40, help="each trial's schedule (and the default preset's)")
     p.add_argument("--eval-every", type=int, default=60, help="optimiser steps between evaluations")
     p.add_argument("--grace-period", type=int, default=120, help="ASHA's first rung (optimiser steps)")
     p.add_argument("--reduction-factor", type=int, default=3)

@@ -121,7 +121,7 @@ def map_original_key(key: str) -> tuple[str | None, str | None]:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, or from a .pt/.pth/.bin via torch.load(weights_only=True)."""
     if path.suffix == ".safetensors":
         return load_file(str(path))
@@ -182,14 +182,14 @@ def import_original_checkpoint(model: nn.Module, path_or_state_dict: str | Path 
     if isinstance(path_or_state_dict, Mapping):
         state = path_or_state_dict
     else:
-        state = _read_state_dict(Path(path_or_state_dict))
+        state = read_state_dict(Path(path_or_state_dict))
     return load_mapped(model, state, map_original_key)
 
 
 def _pretrained_weights(directory: Path) -> dict[str, torch.Tensor]:
     for name in (WEIGHTS_NAME, "pytorch_model.bin"):
         if (directory / name).is_file():
-            return _read_state_dict(directory / name)
+            return read_state_dict(directory / name)
     raise FileNotFoundError(f"no {WEIGHTS_NAME} or pytorch_model.bin in {directory}")
 
 

@@ -22,8 +22,9 @@ Ray Data's `from_items` takes as they are):
 
 Supported formats (REFERENCE.md 3.2), by name: msrvtt_ret, didemo_ret, anet_ret, msrvtt_qa, msrvtt_mc,
 tgif_qa_action, tgif_qa_transition, tgif_qa_frameqa; `detect_format` picks one from the fields of a line.
-A malformed line or an unknown video id is skipped and counted in a `LoadReport`; only a file that leaves
-no row at all raises `ValueError`.
+A malformed line (bad JSON, a missing field, a wrong type such as a number as caption, an empty text) or an
+unknown video id is skipped and counted in a `LoadReport`; only a file that leaves no row at all raises
+`ValueError`. Texts of any length are kept: tokenisation truncates them to `max_txt_len`.
 """
 
 from __future__ import annotations
@@ -218,10 +219,14 @@ def _parse_line(
         raise _LineError("wrong_type", f"line should be a JSON object, got {type(obj).__name__}")
     video_id = _field(obj, fmt.video_key, str, "a string")
     if fmt.kind == "retrieval":
-        return video_id, [_caption(obj, fmt)], 1, "", ""
-    if fmt.kind == "mc":
-        return (video_id, *_parse_mc(obj, fmt))
-    return (video_id, *_parse_qa(obj, fmt, ans2label))
+        parsed = video_id, [_caption(obj, fmt)], 1, "", ""
+    elif fmt.kind == "mc":
+        parsed = (video_id, *_parse_mc(obj, fmt))
+    else:
+        parsed = (video_id, *_parse_qa(obj, fmt, ans2label))
+    if not all(t.strip() for t in parsed[1]):
+        raise _LineError("empty_text", "empty text (caption, question or option)")
+    return parsed
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -268,7 +268,9 @@ def make_scheduler(prepared: PreparedSweep):
     if prepared.spec.scheduler == "fifo":
         return FIFOScheduler()
     grace = prepared.spec.grace_period or prepared.base.train.eval_every_steps
-    return ASHAScheduler(time_attr="step", max_t=max(prepared.max_steps, grace + 1), grace_period=grace,
+    # ASHA stops a trial whose step reaches max_t: one past the longest schedule, so that a trial's last
+    # evaluation never stops it before it exports and tests its checkpoint
+    return ASHAScheduler(time_attr="step", max_t=max(prepared.max_steps, grace) + 1, grace_period=grace,
                          reduction_factor=prepared.spec.reduction_factor)
 
 

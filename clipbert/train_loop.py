@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from clipbert import storage
 from clipbert.checkpoint import WEIGHTS_NAME, build_model, save_checkpoint
 from clipbert.config import Config, config_from_dict
 from clipbert.evaluation import evaluate
@@ -93,7 +95,9 @@ def _restore(ckpt, model: torch.nn.Module, optimizer, scaler, device: torch.devi
     return _Progress(step=int(state["step"]), epoch=int(state["epoch"]), resumed_from=int(state["step"]))
 
 
-def _loss(model, cfg: Config, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def batch_loss(model, cfg: Config, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss of one batch (make_batch's columns): the task head's loss with clip consensus, plus the
+    weighted InfoNCE loss when the model has contrastive heads."""
     frames, ids, mask = batch["frames"], batch["input_ids"], batch["attention_mask"]
     labels = None if cfg.model.head == "itm" else batch["label"]
     if not cfg.model.contrastive:
@@ -160,12 +164,12 @@ def train_loop_per_worker(config: dict) -> None:
             micro += 1
             sync = micro % accum == 0
             with (ddp.no_sync() if (world > 1 and not sync) else nullcontext()), autocast(device, precision):
-                loss = _loss(ddp, cfg, batch)
+                loss = batch_loss(ddp, cfg, batch)
             scaler.scale(loss / accum).backward()
             progress.add(batch["label"].shape[0], waited)
             progress.loss_sum, progress.loss_count = progress.loss_sum + loss.item(), progress.loss_count + 1
             if sync:
-                lrs = _optimizer_step(optimizer, scaler, params, cfg, progress.step, total)
+                lrs = optimizer_step(optimizer, scaler, params, cfg, progress.step, total)
                 progress.step += 1
                 _maybe_inject_fault(config.get("fault_at_step"), progress, rank, world)
                 if rank == 0 and progress.step % cfg.train.log_every_steps == 0:
@@ -181,7 +185,9 @@ def train_loop_per_worker(config: dict) -> None:
         writer.close()
 
 
-def _optimizer_step(optimizer, scaler, params, cfg: Config, step: int, total: int) -> list[float]:
+def optimizer_step(optimizer, scaler, params, cfg: Config, step: int, total: int) -> list[float]:
+    """Unscale, clip, set the scheduled learning rates of `step` of `total`, step and zero the gradients; returns
+    the groups' learning rates."""
     scaler.unscale_(optimizer)
     if cfg.optim.grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_norm)
@@ -229,6 +235,7 @@ def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, 
         if writer:
             for key, value in metrics.items():
                 writer.add_scalar(f"val/{key}", value, progress.step)
+            writer.flush()
     if world > 1:
         box = [metrics]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -246,6 +253,8 @@ def _evaluate_and_report(model, cfg, config, progress, optimizer, scaler, rank, 
 
 
 def _tensorboard(log_dir: str | None):
+    """A TensorBoard writer on ``log_dir``; for a storage URI, one on a local directory whose event files are
+    uploaded there at every flush (each evaluation) and at the end."""
     if not log_dir:
         return None
     try:
@@ -253,5 +262,32 @@ def _tensorboard(log_dir: str | None):
     except ImportError:
         logger.warning("tensorboardX is not installed: no TensorBoard events")
         return None
+    if storage.is_uri(log_dir):
+        return _UploadingWriter(SummaryWriter(tempfile.mkdtemp(prefix="clipbert_tb_")), log_dir)
     os.makedirs(log_dir, exist_ok=True)
     return SummaryWriter(log_dir)
+
+
+class _UploadingWriter:
+    """A SummaryWriter on a local directory, copied to a storage URI on ``flush`` and ``close``."""
+
+    def __init__(self, writer, uri: str):
+        self.writer, self.uri = writer, uri
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        self.writer.add_scalar(*args, **kwargs)
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        shutil.rmtree(self.writer.logdir, ignore_errors=True)
+
+    def _upload(self) -> None:
+        try:
+            storage.upload_dir(self.writer.logdir, self.uri)
+        except OSError as e:  # events are a by-product: a failed upload must not stop training
+            logger.warning("could not upload TensorBoard events to %s: %s", self.uri, e)

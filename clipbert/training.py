@@ -14,20 +14,18 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from clipbert import storage
 from clipbert.batches import make_batch
 from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
 from clipbert.config import Config, config_to_dict
 from clipbert.data import LoadReport, Row, build_ans2label, load_annotations, load_ans2label
 from clipbert.evaluation import evaluate
-from clipbert.frames import FrameStore
+from clipbert.preflight import check_inputs, one_line
 from clipbert.train_loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -53,22 +51,15 @@ class TaskData:
 
 # ------------------------------------------------------------------------------------------------ driver
 def prepare_task(cfg: Config) -> TaskData:
-    """Read train/val annotations, keeping rows whose video is in the frame store (others are reported).
+    """Check every input path (clipbert.preflight), then read train/val annotations, keeping rows whose video is in
+    the frame store (others are reported).
 
     Raises:
-        FileNotFoundError: the frame store, an annotation file or the tokenizer is missing.
-        ValueError: a file leaves no usable row.
+        FileNotFoundError / PermissionError: an input path is missing or unreadable.
+        ValueError: an input cannot be used (no frame store, tokenizer or weights there), or a file leaves no
+            usable row.
     """
-    if not Path(cfg.data.frame_store).is_dir():
-        raise FileNotFoundError(f"data.frame_store: no such frame-store directory: {cfg.data.frame_store!r}")
-    store = FrameStore(cfg.data.frame_store)
-    known = set(store.ids())
-    tokenizer = Path(cfg.data.tokenizer)
-    if not tokenizer.exists():
-        raise FileNotFoundError(f"data.tokenizer: no such file or directory: {tokenizer}")
-    for key in ("train_file", "val_file", "test_file"):
-        if (key != "test_file" or cfg.data.test_file) and not Path(getattr(cfg.data, key)).is_file():
-            raise FileNotFoundError(f"data.{key}: no such annotation file: {getattr(cfg.data, key)!r}")
+    known = set(check_inputs(cfg).ids())
     ans2label = None
     if cfg.data.task == "qa":
         if cfg.data.ans2label_file:
@@ -175,11 +166,10 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     ds = ds.map_batches(make_batch, batch_size=cfg.optim.batch_size, num_cpus=data_cpus,
                         fn_kwargs={"cfg": cfg_dict, "train": True, "negatives": negatives})
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
-    run_dir = Path(storage_path) / name if "://" not in storage_path else None
     loop_config = {
         "cfg": cfg_dict, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "val_rows": task.val, "val_mc_rows": task.val_mc,
-        "tensorboard_dir": str(run_dir / "tensorboard") if run_dir else None,
+        "tensorboard_dir": storage.join(storage_path, name, "tensorboard"),  # a URI: uploaded by rank 0
         "fault_at_step": int(os.environ.get(FAULT_ENV, "0")),
     }
     return TorchTrainer(
@@ -199,11 +189,17 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     )
 
 
-def run_training(cfg: Config, *, storage_path: str, name: str) -> dict[str, Any]:
-    """Check the storage and the task, then ``fit_and_export``."""
+def prepare_run(cfg: Config, storage_path: str) -> TaskData:
+    """Everything a run checks on the driver before Ray is needed: storage, inputs, annotations, answers."""
     check_storage(storage_path)
     task = prepare_task(cfg)
     check_answers(cfg, task)
+    return task
+
+
+def run_training(cfg: Config, *, storage_path: str, name: str, task: TaskData | None = None) -> dict[str, Any]:
+    """``prepare_run`` (unless its ``task`` is given), then ``fit_and_export``."""
+    task = task if task is not None else prepare_run(cfg, storage_path)
     return fit_and_export(cfg, task, storage_path=storage_path, name=name)
 
 
@@ -222,40 +218,39 @@ def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     if result.error:
         raise result.error
     best_ckpt, best_metrics = best_checkpoint(result, cfg.train.metric, cfg.train.metric_mode)
-    run_dir = Path(storage_path) / name
-    best_dir = run_dir / "best"
+    best_dir = storage.join(storage_path, name, "best")
     with best_ckpt.as_directory() as src:
-        shutil.rmtree(best_dir, ignore_errors=True)
-        best_dir.mkdir(parents=True)
-        for fname in (WEIGHTS_NAME, CONFIG_NAME):
-            shutil.copy2(Path(src) / fname, best_dir / fname)
-    test = evaluate_test_split(cfg, task.test, best_dir, worker_resources(cfg, cluster)[0])
+        storage.replace_dir(src, best_dir, (WEIGHTS_NAME, CONFIG_NAME))
+    test = evaluate_test_split(cfg, task.test, best_ckpt, worker_resources(cfg, cluster)[0])
     final = {"metric": cfg.train.metric, "val": best_metrics, "test": test, "step": best_metrics.get("step"),
-             "checkpoint": best_ckpt.path, "exported": str(best_dir), "last": result.metrics}
-    (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2, default=float))
+             "checkpoint": best_ckpt.path, "exported": best_dir, "last": result.metrics}
+    storage.write_bytes(storage.join(storage_path, name, "final_metrics.json"),
+                        json.dumps(final, indent=2, default=float).encode())
     if test:
         logger.info("test split (%d rows) at step %s: %s", len(task.test), final["step"],
                     ", ".join(f"{k} {v:.3g}" for k, v in test.items()))
     return final
 
 
-def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint_dir: Path, cpus: float) -> dict[str, float] | None:
-    """The task's metrics of an exported checkpoint on held-out rows (dense inference, as validation), computed
-    once, in a Ray task with a training worker's resources (a GPU when the run trains on GPUs); None without rows."""
+def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: float) -> dict[str, float] | None:
+    """The task's metrics of a reported ``ray.train.Checkpoint`` on held-out rows (dense inference, as validation),
+    computed once, in a Ray task with a training worker's resources (a GPU when the run trains on GPUs), which reads
+    the checkpoint from the run's storage; None without rows."""
     if not rows:
         return None
     import ray
 
     # "DEFAULT": outside the placement group of a sweep trial, which holds only its own function's sliver of CPU
-    task = ray.remote(_evaluate_exported).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0,
-                                                  scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(cfg, list(rows), str(checkpoint_dir), max(1, math.ceil(cpus))))
+    task = ray.remote(_evaluate_checkpoint).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0,
+                                                    scheduling_strategy="DEFAULT")
+    return ray.get(task.remote(cfg, list(rows), checkpoint, max(1, math.ceil(cpus))))
 
 
-def _evaluate_exported(cfg: Config, rows: list[Row], checkpoint_dir: str, threads: int) -> dict[str, float]:
+def _evaluate_checkpoint(cfg: Config, rows: list[Row], checkpoint, threads: int) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
-    model, _ = load_checkpoint(checkpoint_dir, map_location=device)
+    with checkpoint.as_directory() as directory:
+        model, _ = load_checkpoint(directory, map_location=device)
     return evaluate(model, cfg, rows, device)
 
 
@@ -269,12 +264,10 @@ def best_checkpoint(result, metric: str, mode: str):
 
 
 def check_storage(storage_path: str) -> None:
-    """A local storage path must be a writable directory (created if missing); URIs are left to Ray."""
-    if "://" in storage_path:
-        return
+    """The storage path must be writable: a local directory (created if missing) or a URI (a probe file is
+    written and deleted through pyarrow.fs)."""
     try:
-        Path(storage_path).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=storage_path):
-            pass
-    except OSError as e:
-        raise PermissionError(f"--storage-path {storage_path} is not writable: {e.strerror or e}") from None
+        storage.check_writable(storage_path)
+    except Exception as e:  # OSError locally; pyarrow raises OSError or ArrowException subclasses for URIs
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        raise PermissionError(f"--storage-path {storage_path} is not writable: {reason}") from None

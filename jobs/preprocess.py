@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from clipbert.frames import StoreOptions
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         logger.error("%s", e)
         return 2
-    ray.init(address=args.address, num_cpus=args.num_cpus if args.address is None else None,
+    # neither --address nor RAY_ADDRESS: a Ray of our own, not whichever cluster a `ray start` left on this machine
+    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
+    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None,
              ignore_reinit_error=True, log_to_driver=False)
     try:
         summary = run_preprocess(args.videos, args.output, options, videos_per_shard=args.videos_per_shard,

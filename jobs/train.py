@@ -9,7 +9,8 @@ Usage:
 Plain `python` starts a local Ray; under `ray job submit` (RAY_ADDRESS set) or with --address it joins that
 cluster. Re-running with the same --storage-path and --name resumes from the last checkpoint. The run exports the
 checkpoint chosen on validation to STORAGE/NAME/best/, evaluates it once on data.test_file (when set) and writes
-both metrics, `val` and `test`, to STORAGE/NAME/final_metrics.json.
+both metrics, `val` and `test`, to STORAGE/NAME/final_metrics.json. Every input (the frame store, the tokenizer,
+each annotation file, model.init_checkpoint) is checked before Ray starts: a bad one exits 2 at once, naming it.
 Exit codes: 0 done, 1 training failed, 2 bad configuration or input.
 """
 
@@ -55,19 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
-    import ray
+    from clipbert.training import keep_idle_workers, prepare_run, run_training
 
-    from clipbert.training import keep_idle_workers, run_training
-
-    keep_idle_workers()  # only matters when ray.init below starts a local Ray
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     storage = args.storage_path if "://" in args.storage_path else os.path.abspath(args.storage_path)
+    try:  # every input path is checked here, before Ray starts
+        task = prepare_run(cfg, storage)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        logger.error("%s", e)
+        return 2
+    import ray
+
+    keep_idle_workers()  # only matters when ray.init below starts a local Ray
     # neither --address nor RAY_ADDRESS: a Ray of our own, not whichever cluster a `ray start` left on this machine
     address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
     ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, ignore_reinit_error=True)
     try:
-        final = run_training(cfg, storage_path=storage, name=name)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+        final = run_training(cfg, storage_path=storage, name=name, task=task)
+    except (ValueError, FileNotFoundError, PermissionError) as e:  # the workers do not fit the cluster
         logger.error("%s", e)
         return 2
     except Exception as e:  # the trainer's own error, after its retries

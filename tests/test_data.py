@@ -234,3 +234,40 @@ def test_read_video_list_from_ids_or_jsonl(tmp_path, caplog):
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="empty.txt names no video"):
         read_video_list(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize("task, line, reason", [
+    ("msrvtt_ret", {"clip_name": "v", "caption": 42}, "wrong_type"),  # a number as caption
+    ("msrvtt_ret", {"clip_name": "v", "caption": ""}, "empty_text"),
+    ("msrvtt_ret", {"clip_name": "v", "caption": "  \t "}, "empty_text"),
+    ("msrvtt_qa", {"video_id": "v", "question": "", "answer": "dog"}, "empty_text"),
+    ("msrvtt_mc", {"clip_name": "v", "options": [*OPTS[:4], ""], "answer": 0}, "empty_text"),
+])
+def test_wrong_types_and_empty_texts_are_skipped_and_counted(tmp_path, task, line, reason):
+    good = {"msrvtt_ret": {"clip_name": "v", "caption": "a dog runs"},
+            "msrvtt_qa": {"video_id": "v", "question": "what?", "answer": "dog"},
+            "msrvtt_mc": {"clip_name": "v", "options": OPTS, "answer": 0}}[task]
+    rows, report = data.load_annotations(write_jsonl(tmp_path / "a.jsonl", [good, line]), task=task)
+    assert len(rows) == 1 and report.skipped == {reason: 1} and report.problems[0].startswith(f"{tmp_path}/a.jsonl:2")
+
+
+def test_a_ten_thousand_word_caption_is_kept_and_truncated_by_tokenisation(tmp_path):
+    from clipbert.text import load_tokenizer, tokenize, write_vocab
+
+    caption = " ".join(["dog"] * 10_000)
+    rows, _ = data.load_annotations(write_jsonl(tmp_path / "a.jsonl", [{"clip_name": "v", "caption": caption}]))
+    tokenizer = load_tokenizer(write_vocab(["dog"], tmp_path / "tok"))
+    ids = tokenize(tokenizer, rows[0]["texts"], 20)["input_ids"]
+    assert ids.shape == (1, 20) and tokenizer.convert_ids_to_tokens(ids[0])[-1] == "[SEP]"
+
+
+def test_a_test_answer_outside_the_vocabulary_counts_as_wrong(tmp_path):
+    """Even a model that always predicts the right label when it can scores 2 of 3: the unseen answer is wrong."""
+    from clipbert.metrics import qa_accuracy
+
+    items = [{"video_id": "v", "question": "q", "answer": a, "answer_type": "what"} for a in ("dog", "red", "unicorn")]
+    rows, _ = data.load_annotations(write_jsonl(tmp_path / "t.jsonl", items), ans2label=ANS2LABEL)
+    labels = [r["label"] for r in rows]
+    best_possible = [max(label, 0) for label in labels]  # an argmax over the head is never -1
+    assert labels == [0, 1, -1]
+    assert qa_accuracy(best_possible, labels)["overall_acc"] == pytest.approx(200 / 3)

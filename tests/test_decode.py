@@ -56,3 +56,174 @@ def test_widths_decord_mis_sizes_are_decoded_correctly(tmp_path, width):
     video = decode_video(str(path), StoreOptions())
     assert (video.width, video.height) == (width, 32) and len(video.jpegs) == 4
     assert decode_jpeg(video.jpegs[0]).shape == (32, width, 3)
+
+
+# ------------------------------------------------------------------------------------- unusual and hostile files
+def write_timed_video(path, times, *, width=96, height=64, rotation=0):
+    """An H.264 mp4 whose frame i is shown at times[i] seconds (a variable frame rate when they are uneven), frame i
+    filled with red level 10 + 12 i, its left quarter green; ``rotation``: display rotation, degrees
+    counterclockwise."""
+    import fractions
+
+    import av
+
+    base = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = width, height, "yuv420p", base
+        stream.codec_context.time_base, stream.codec_context.thread_count = base, 1
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, t in enumerate(times):
+            img = np.zeros((height, width, 3), np.uint8)
+            img[..., 0], img[:, : width // 4, 1] = 10 + 12 * i, 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = round(t * 1000), base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)
+
+
+def _red_levels(video):
+    from clipbert.frames import decode_jpeg
+
+    return [int(np.rint((decode_jpeg(j)[:, -8:, 0].mean() - 10) / 12)) for j in video.jpegs]  # source frame index
+
+
+def test_variable_frame_rate_is_timed_by_timestamps(tmp_path):
+    """10 frames at 10 fps, then 10 frames 0.3 s apart: 3.9 s, so 16 stored frames at 4 fps (frame k shown at
+    k / 4 s), not the 14 that even spacing at the mean rate would give."""
+    times = [i * 0.1 for i in range(10)] + [0.9 + 0.3 * (i + 1) for i in range(10)]
+    video = decode_video(write_timed_video(tmp_path / "vfr.mp4", times), StoreOptions(fps=4.0))
+    assert (len(video.jpegs), video.fps, video.src_frames) == (16, 4.0, 20)
+    nearest = [int(np.argmin(np.abs(np.array(times) - k / 4 + 1e-9))) for k in range(16)]
+    assert _red_levels(video) == nearest
+
+
+@pytest.mark.parametrize("times, avg_fps, fps, want", [
+    (np.arange(30) / 30.0, 30.0, 4.0, stored_indices(30, 30.0, 4.0).tolist()),  # even spacing: unchanged
+    (np.round(np.arange(30) / 29.97, 3), 29.97, 4.0, stored_indices(30, 29.97, 4.0).tolist()),  # ms jitter
+    (np.array([0.0, 0.1, 0.2, 1.0, 1.1]), 3.6, 2.0, [0, 2, 3]),  # a 0.8 s gap: 0.5 s is nearest to frame 2
+    (np.array([5.0, 5.1, 5.2, 6.0, 6.1]), 3.6, 2.0, [0, 2, 3]),  # times count from the first frame
+])
+def test_timed_indices(times, avg_fps, fps, want):
+    from pipelines.decode import timed_indices
+
+    assert timed_indices(times, avg_fps, fps)[0].tolist() == want
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_phone_video_is_stored_upright(tmp_path, rotation):
+    video = decode_video(write_timed_video(tmp_path / "phone.mp4", np.arange(8) / 8, rotation=rotation),
+                         StoreOptions())
+    from clipbert.frames import decode_jpeg
+
+    frame = decode_jpeg(video.jpegs[0]).astype(int)  # the source's green strip is its left quarter
+    green = {90: frame[-10:, :, 1], -90: frame[:10, :, 1], 180: frame[:, -10:, 1]}[rotation]  # where it must be
+    other = {90: frame[:10, :, 1], -90: frame[-10:, :, 1], 180: frame[:, :10, 1]}[rotation]
+    assert (video.width, video.height) == ((96, 64) if rotation == 180 else (64, 96))
+    assert green.mean() > 200 and other.mean() < 50
+
+
+def test_audio_only_file_fails_with_a_reason(tmp_path):
+    import av
+
+    with av.open(str(tmp_path / "song.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(DecodeError, match="^no video stream$"):
+        decode_video(str(tmp_path / "song.mp4"), StoreOptions())
+
+
+def _huge_video(path, side: int, n: int) -> str:
+    """``n`` frames of side x side, top half light, bottom half dark (planes written directly: no colour math)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4, options={"preset": "ultrafast"})
+        stream.width = stream.height = side
+        stream.pix_fmt, stream.codec_context.thread_count = "yuv420p", 1
+        planes = np.full((side * 3 // 2, side), 128, np.uint8)  # (H*3/2, W) Y then U, V
+        planes[: side // 2], planes[side // 2 : side] = 220, 30
+        for _ in range(n):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+def test_frames_over_the_pixel_limit_are_refused_with_the_reason(tmp_path, monkeypatch):
+    from pipelines import decode
+
+    path = _huge_video(tmp_path / "big.mp4", 256, 2)
+    monkeypatch.setattr(decode, "MAX_SOURCE_PIXELS", 200 * 200)
+    with pytest.raises(DecodeError, match=r"^frames of 256x256 exceed the limit of 0.04 megapixels$"):
+        decode_video(path, StoreOptions())
+
+
+HUGE_DECODE = """
+import json, resource, sys
+from clipbert.frames import StoreOptions, decode_jpeg
+from pipelines.decode import decode_video
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+video = decode_video(sys.argv[1], StoreOptions(max_side=448))
+frame = decode_jpeg(video.jpegs[0]).astype(int)
+print(json.dumps({"growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+                  "stored": [len(video.jpegs), video.width, video.height, video.src_width],
+                  "top": frame[:200].mean(), "bottom": frame[-200:].mean()}))
+"""
+
+
+@pytest.mark.slow
+def test_huge_frames_are_resized_in_bounded_memory(tmp_path):
+    """8000x8000 frames (192 MB each as RGB) are streamed one at a time and resized: decord's batches held 8 GB for
+    18 such frames, and over 1.5 GB for two."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipelines.decode import Probe, frames_per_call, probe
+
+    path = _huge_video(tmp_path / "huge.mp4", 8000, 2)
+    assert probe(path) == Probe(8000, 8000, 0)
+    assert (frames_per_call(Probe(7000, 7000, 0)), frames_per_call(Probe(640, 360, 0))) == (1, 16)
+    done = subprocess.run([sys.executable, "-c", HUGE_DECODE, path], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["stored"] == [2, 448, 448, 8000]
+    assert result["top"] > 180 and result["bottom"] < 60
+    assert result["growth_mb"] < 1000, result
+
+
+def test_unreadable_file_fails_with_a_reason(tmp_path):
+    import os
+
+    path = tmp_path / "locked.mp4"
+    path.write_bytes(b"\x00" * 64)
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        pytest.skip("this user reads files whatever their permissions (root)")
+    with pytest.raises(DecodeError, match=r"^file cannot be read \(permission denied\)$"):
+        decode_video(str(path), StoreOptions())
+
+
+@pytest.mark.parametrize("video_id, reason", [
+    ("../outside", "video id is not a path inside the input root"),
+    ("a/../../b", "video id is not a path inside the input root"),
+    ("/etc/passwd", "video id is not a path inside the input root"),
+    ("x" * 600, "video id longer than 500 bytes"),
+])
+def test_ids_that_would_escape_the_store_become_failed_rows(tmp_path, video_id, reason):
+    from clipbert.synthetic import write_video
+    from pipelines.preprocess import decode_batch
+
+    path = write_video(tmp_path / "v.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=4)
+    rows = decode_batch({"video_id": [video_id, "fine/v"], "source": [str(path)] * 2},
+                        options={"fps": 4.0, "max_side": 448, "jpeg_quality": 90})
+    assert rows["status"] == ["failed", "ok"] and rows["error"][0].startswith(reason)
+    assert rows["jpegs"][0] == [] and len(rows["jpegs"][1]) == 4

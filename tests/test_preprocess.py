@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pytest
 import ray
 
@@ -38,7 +37,7 @@ def _moving_square(n, h, w, seed=0):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -216,3 +215,48 @@ def test_resume_after_a_killed_run_equals_a_clean_run(tmp_path):
     assert resumed.returncode == 0, log[-2000:]
     assert f"{done_before} already stored" in log or f"{10 - done_before} to do" in log
     assert _store_contents(out) == _store_contents(tmp_path / "clean")
+
+
+# ------------------------------------------------------------------------------------- unusual and hostile inputs
+@pytest.fixture(scope="module")
+def hostile_inputs(tmp_path_factory):
+    """A directory with a non-UTF-8 file name, a symlink back up the tree, links to listed files and directories,
+    a broken link, an audio-only file, a variable-frame-rate and a rotated video."""
+    from test_decode import write_timed_video
+
+    d = tmp_path_factory.mktemp("hostile")
+    write_video(d / "plain.mp4", _moving_square(20, 64, 96), fps=10)
+    write_video(d / "sub" / "deep.mp4", _moving_square(20, 64, 96, seed=1), fps=10)
+    shutil.copy(d / "plain.mp4", os.fsencode(d) + b"/caf\xe9.mp4")  # Latin-1 bytes: not UTF-8
+    os.symlink("..", d / "sub" / "up")  # followed, this would list every video again, about forty levels deep
+    os.symlink("sub", d / "sub_again")
+    os.symlink("plain.mp4", d / "plain_link.mp4")
+    os.symlink(d / "gone.mp4", d / "broken.mp4")
+    av = pytest.importorskip("av")
+    with av.open(str(d / "song.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    write_timed_video(d / "vfr.mp4", [i * 0.1 for i in range(10)] + [0.9 + 0.3 * (i + 1) for i in range(10)])
+    write_timed_video(d / "phone.mp4", np.arange(8) / 8, rotation=-90)
+    return d
+
+
+def test_hostile_inputs_each_get_one_row_and_the_rest_is_stored(ray_cluster, hostile_inputs, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert job.main(["--videos", str(hostile_inputs), "--output", str(out), "--videos-per-shard", "2"]) == 0
+    rows = {r["video_id"]: r for r in fs.read_manifest(out).to_pylist()}
+    assert sorted(rows) == ["broken", "caf\\xe9", "phone", "plain", "song", "sub/deep", "vfr"]  # each file once
+    status = {v: (r["status"], r["error"].split(" (")[0]) for v, r in rows.items()}
+    assert status == {
+        "broken": ("failed", "file not found"), "song": ("failed", "no video stream"),
+        "caf\\xe9": ("failed", "file name is not valid UTF-8"),
+        "phone": ("ok", ""), "plain": ("ok", ""), "sub/deep": ("ok", ""), "vfr": ("ok", ""),
+    }
+    assert rows["caf\\xe9"]["source"] == f"{hostile_inputs}/caf\\xe9.mp4"
+    assert (rows["vfr"]["num_frames"], rows["vfr"]["duration_s"]) == (16, 4.0)  # 3.9 s of frames, timed right
+    assert (rows["phone"]["width"], rows["phone"]["height"]) == (64, 96)  # portrait stays portrait
+    assert "videos: 4 ok, 3 failed" in capsys.readouterr().out

@@ -102,3 +102,20 @@ def test_searchers_are_seeded_and_carry_the_concurrency_limit():
     random = make_searcher(SweepSpec(config="c", space="s", seed=3), max_concurrent=2)
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 2
     assert isinstance(make_searcher(SweepSpec(config="c", space="s", search="optuna"), max_concurrent=2), OptunaSearch)
+
+
+def test_asha_never_stops_a_trial_at_its_last_evaluation(tiny_corpus, tmp_path):
+    from ray.tune.schedulers.trial_scheduler import TrialScheduler
+
+    from clipbert.sweep import make_scheduler
+
+    prepared = prepare_sweep(_spec(tiny_corpus, tmp_path, "optim.lr: {choice: [1.0e-4]}\n", grace_period=2))
+    scheduler = make_scheduler(prepared)
+    scheduler.set_search_properties("t2v_r1", "max")
+
+    class Trial:
+        trial_id = "t"
+
+    scheduler.on_trial_add(None, Trial())
+    last = {"step": prepared.max_steps, "t2v_r1": 50.0}
+    assert scheduler.on_trial_result(None, Trial(), last) == TrialScheduler.CONTINUE

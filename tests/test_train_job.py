@@ -40,6 +40,18 @@ def test_unknown_config_key_names_the_nearest_key(tiny_corpus, tmp_path, capsys)
     assert "unknown config key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
 
 
+
+def test_a_missing_init_checkpoint_exits_2_in_one_line_before_ray_starts(tiny_corpus, tmp_path, capsys):
+    import ray
+
+    gone = tmp_path / "clipbert_image_text_pretrained.pt"
+    start = time.monotonic()
+    code = job.main(_args(tiny_corpus, tmp_path / "runs", "--set", f"model.init_checkpoint={gone}"))
+    assert code == 2 and time.monotonic() - start < 20  # the workers are never started
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(f"model.init_checkpoint: no such file or directory: '{gone}'")
+    assert not ray.is_initialized() and not (tmp_path / "runs" / "synthetic_tiny").exists()
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, message",

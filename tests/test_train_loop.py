@@ -38,7 +38,7 @@ def test_hard_negative_loss_mines_other_videos_of_the_batch(tiny_corpus, one_vid
     model.eval()
     calls = []
     model.hard_negative_logits = lambda *a: calls.append(a[5]) or torch.zeros(3, 2, cfg.sampling.train_n_clips, 2)
-    loss = train_loop._loss(model, cfg, batch)
+    loss = train_loop.batch_loss(model, cfg, batch)
     assert torch.isfinite(loss)
     if one_video:
         assert calls == []  # nothing to mine from a batch of one video

@@ -243,3 +243,82 @@ def test_a_trial_config_reaches_the_data_stage_the_schedule_and_the_workers(ray_
     batch = trainer.datasets["train"].take_batch(4)  # the data stage
     assert batch["frames"].shape[:3] == (4, 3, 1)  # (B, N, T, 3, S, S)
     assert trainer.scaling_config.resources_per_worker["CPU"] == 0.5  # planned against the given share
+
+
+# ------------------------------------------------------------------------------- inputs checked before launch
+def _break_input(corpus, tmp_path, what: str) -> list[str]:
+    """Config overrides that point one input of the tiny corpus at something broken."""
+    import shutil
+
+    import torch
+
+    from clipbert.frames import SHARDS_DIR
+
+    if what == "garbage_pt":
+        (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
+        return [f"model.init_checkpoint={tmp_path / 'w.pt'}"]
+    if what == "foreign_pt":
+        torch.save({"some.other.model": torch.zeros(2)}, tmp_path / "other.pt")
+        return [f"model.init_checkpoint={tmp_path / 'other.pt'}"]
+    if what == "store_without_shard":
+        shutil.copytree(corpus.frames, tmp_path / "frames")
+        shutil.rmtree(next((tmp_path / "frames" / SHARDS_DIR).iterdir()))
+        return [f"data.frame_store={tmp_path / 'frames'}"]
+    (tmp_path / "empty").mkdir()
+    return {
+        "missing_init_checkpoint": [f"model.init_checkpoint={tmp_path / 'gone.pt'}"],
+        "checkpoint_dir_without_weights": [f"model.init_checkpoint={tmp_path / 'empty'}"],
+        "not_a_frame_store": [f"data.frame_store={tmp_path / 'empty'}"],
+        "missing_tokenizer": [f"data.tokenizer={tmp_path / 'vocab.txt'}"],
+        "empty_tokenizer_dir": [f"data.tokenizer={tmp_path / 'empty'}"],
+        "annotation_is_a_directory": [f"data.val_file={tmp_path / 'empty'}"],
+        "missing_val_mc_file": [f"data.val_mc_file={tmp_path / 'mc.jsonl'}"],
+        "missing_bert_dir": [f"model.bert_dir={tmp_path / 'bert'}"],
+        "bert_dir_without_weights": [f"model.bert_dir={tmp_path / 'empty'}"],
+    }[what]
+
+
+BROKEN_INPUTS = [
+    ("missing_init_checkpoint", FileNotFoundError, r"model.init_checkpoint: no such file or directory: '.*gone.pt'"),
+    ("garbage_pt", ValueError, r"model.init_checkpoint: .*w.pt: not a readable checkpoint: "),
+    ("foreign_pt", ValueError, r"model.init_checkpoint: .*other.pt: none of its 1 tensors is a ClipBERT weight"),
+    ("checkpoint_dir_without_weights", FileNotFoundError,
+     r"model.init_checkpoint: no such checkpoint file: .*model.safetensors"),
+    ("not_a_frame_store", ValueError, r"data.frame_store: .*empty: not a frame store \(no store.json\)"),
+    ("store_without_shard", ValueError, r"data.frame_store: .*frames: 1 shard\(s\) named by the manifest are missing"),
+    ("missing_tokenizer", FileNotFoundError, r"data.tokenizer: no such file or directory: '.*vocab.txt'"),
+    ("empty_tokenizer_dir", ValueError, r"data.tokenizer: no tokenizer at .*empty"),
+    ("annotation_is_a_directory", FileNotFoundError, r"data.val_file: '.*empty' is a directory, not a file"),
+    ("missing_val_mc_file", FileNotFoundError, r"data.val_mc_file: no such annotation file: '.*mc.jsonl'"),
+    ("missing_bert_dir", FileNotFoundError, r"model.bert_dir: no such directory: '.*bert'"),
+    ("bert_dir_without_weights", FileNotFoundError, r"model.bert_dir: .*empty: no model.safetensors or pytorch_model"),
+]
+
+
+@pytest.mark.parametrize("what, error, message", BROKEN_INPUTS, ids=[b[0] for b in BROKEN_INPUTS])
+def test_prepare_task_names_a_broken_input_in_one_line(tiny_corpus, tmp_path, what, error, message):
+    cfg = tiny_corpus.config("synthetic_tiny", *_break_input(tiny_corpus, tmp_path, what))
+    with pytest.raises(error, match=message) as info:
+        training.prepare_task(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_prepare_task_accepts_a_checkpoint_directory_to_start_from(tiny_corpus, tmp_path):
+    from conftest import tiny_checkpoint
+
+    cfg = tiny_corpus.config("synthetic_tiny")
+    checkpoint = tiny_checkpoint(cfg, tmp_path / "ckpt", seed=0)
+    task = training.prepare_task(tiny_corpus.config("synthetic_tiny", f"model.init_checkpoint={checkpoint}"))
+    assert len(task.train) == len(training.prepare_task(cfg).train)
+
+
+def test_unreadable_annotation_file_is_refused(tiny_corpus, tmp_path):
+    import os
+
+    path = tmp_path / "train.jsonl"
+    path.write_text((tiny_corpus.root / "txt" / "retrieval_train.jsonl").read_text())
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        pytest.skip("this user reads files whatever their permissions (root)")
+    with pytest.raises(PermissionError, match=r"data.train_file: .*train.jsonl: cannot be read: Permission denied"):
+        training.prepare_task(tiny_corpus.config("synthetic_tiny", f"data.train_file={path}"))
