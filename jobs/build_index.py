@@ -70,17 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
-    import ray
-
     from clipbert.checkpoint import contrastive_logit_scale
     from clipbert.embeddings import read_header, read_rows
     from clipbert.index import VideoIndex
+    from clipbert.ray_init import init_ray
     from pipelines.embed import run_embed
     from pipelines.index import sharded_add
 
-    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
-    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, ignore_reinit_error=True,
-             log_to_driver=False)
+    init_ray(args.address, args.num_cpus, log_to_driver=False)
     emb_dir = args.embeddings or os.path.join(args.output, "embeddings")
     try:
         summary = run_embed(args.checkpoint, args.frame_store, emb_dir, n_clips=args.clips, video_ids=video_ids,

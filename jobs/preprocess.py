@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from clipbert.frames import StoreOptions
@@ -40,8 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    import ray
-
+    from clipbert.ray_init import init_ray
     from pipelines.preprocess import run_preprocess
 
     try:
@@ -49,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         logger.error("%s", e)
         return 2
-    # neither --address nor RAY_ADDRESS: a Ray of our own, not whichever cluster a `ray start` left on this machine
-    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
-    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None,
-             ignore_reinit_error=True, log_to_driver=False)
+    init_ray(args.address, args.num_cpus, log_to_driver=False)
     try:
         summary = run_preprocess(args.videos, args.output, options, videos_per_shard=args.videos_per_shard,
                                  concurrency=args.concurrency)

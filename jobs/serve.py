@@ -56,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from clipbert.ray_init import init_ray
     from clipbert.service import build_app
 
-    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
-    local = {"num_cpus": args.ray_cpus, "include_dashboard": False} if address == "local" else {}
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **local)
+    local = init_ray(args.address, args.ray_cpus, log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build_app(args.index, checkpoint=args.checkpoint, frame_store=args.frame_store, tokenizer=args.tokenizer,
                     rerank=args.rerank, replicas=args.replicas, num_cpus=args.num_cpus)
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
-    if address == "local":
+    if local:
         ray.shutdown()  # the local Ray and Serve with it
     else:
         serve.delete("clipbert_search")

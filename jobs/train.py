@@ -65,12 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as e:
         logger.error("%s", e)
         return 2
-    import ray
+    from clipbert.ray_init import init_ray
 
-    keep_idle_workers()  # only matters when ray.init below starts a local Ray
-    # neither --address nor RAY_ADDRESS: a Ray of our own, not whichever cluster a `ray start` left on this machine
-    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
-    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, ignore_reinit_error=True)
+    keep_idle_workers()  # only matters when init_ray below starts a local Ray
+    init_ray(args.address, args.num_cpus)
     try:
         final = run_training(cfg, storage_path=storage, name=name, task=task)
     except (ValueError, FileNotFoundError, PermissionError) as e:  # the workers do not fit the cluster

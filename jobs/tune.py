@@ -75,13 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as e:
         logger.error("%s", e)
         return 2
-    import ray
-
+    from clipbert.ray_init import init_ray
     from clipbert.training import keep_idle_workers
 
     keep_idle_workers()
-    address = args.address or (None if os.environ.get("RAY_ADDRESS") else "local")
-    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None, ignore_reinit_error=True)
+    init_ray(args.address, args.num_cpus)
     try:
         records = run_sweep(prepared)
     except ValueError as e:  # the trials do not fit the cluster, or a resume with other arguments
