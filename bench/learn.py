@@ -1,28 +1,35 @@
-"""Benchmark: does the tiny preset learn from pixels within a wall-time budget, and sparse against dense training.
+"""Benchmark: what the tiny model learns in 20 minutes on this machine, per training mode, on a held-out test split.
 
-Synthesizes (once) a two-event moving-shape corpus with held-out validation videos, preprocesses it into a
-frame store, then runs ``jobs/train.py`` in a subprocess for each mode under a wall-time budget:
+Synthesizes (once per seed) a two-event moving-shape corpus of 400 train / 100 val / 100 test videos and
+preprocesses it, then trains ``jobs/train.py`` in a subprocess under a wall-time budget, one mode after another
+on the same cores:
 
-- sparse: ``synthetic_tiny`` (N = 2 random clips of T = 2 frames per video per step, one per half of the video);
-- dense:  ``synthetic_tiny_dense`` (ONE clip made of every stored frame of the video, uniformly spaced);
-- pretrained: ``synthetic_tiny`` finetuned from a pretrained CNN (``model.init_checkpoint``), as ClipBERT
-  finetunes from an ImageNet-pretrained ResNet. The CNN is trained first by ``clipbert.cnn_pretrain`` on a corpus
-  synthesized with another seed (``--pretrain-seed``; none of its videos is in the retrieval splits), and
-  that pretraining counts in the mode's wall time and budget.
+- scratch_sparse: ``synthetic_tiny`` from random weights (N = 2 random clips of T = 2 frames per video per step);
+- scratch_dense:  ``synthetic_tiny_dense`` from random weights (ONE clip of every stored frame), its schedule
+  (``--dense-epochs``) sized so that its learning rate decays to 0 within the budget, as the sparse one does;
+- image_text:     ClipBERT's recipe: image-text pretraining (``jobs/pretrain.py``, MLM + ITM) on captioned stills
+  of the same world (``jobs/synthesize.py --images``, a seed of its own, captions only), then ``synthetic_tiny``
+  finetuned from that checkpoint (``model.init_checkpoint``: CNN and transformer); pretraining counts in the budget;
+- attribute_cnn:  ``synthetic_tiny`` from a CNN trained to classify each event's colour, shape and direction
+  (``clipbert.cnn_pretrain``, on a video corpus of another seed): a labelled upper bound, not a weakly supervised
+  recipe; its 2 minutes of CNN training count in the budget.
 
-While a run trains, the validation curve is read from its TensorBoard events (every evaluation writes
-``val/*`` scalars with the step and a wall-clock stamp): held-out text-to-video R@1 of the cross-encoder
-(``t2v_r1``) and of the dual encoder (``itc_t2v_r1``) over the validation gallery, and 5-way multiple-choice
-accuracy scored with the ITM head (``mc_acc``). Metrics are in percent. Wall time counts from the launch of
-``jobs/train.py`` (Ray start-up, evaluations and checkpoints included). Prints the curves and a sparse-vs-dense
-table, writes OUT/learn.json and OUT/learn.png. The machine's load average is recorded: the figures are only
-comparable between runs on an otherwise idle machine.
+Every run evaluates on the validation split (100 videos) as it trains and picks its checkpoint there; the figures
+that matter are the held-out TEST split's (100 other videos, never used to choose anything), read from the run's
+``final_metrics.json``: text-to-video R@1 of the cross-encoder (chance 1) and of the dual encoder, and 5-way
+multiple-choice accuracy with the ITM head (chance 20). A run stopped by the budget is scored on test from its
+best kept checkpoint. Wall time counts from the first launch of the mode (Ray start-up, evaluations, checkpoints
+and pretraining included).
+
+Each invocation writes one JSON per (mode, seed) under OUT/learn_runs/ (with its date and load average), so the
+table can be built over several sessions; every invocation then merges all of them into OUT/learn.json, the table
+(each seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges.
 
 Usage:
-    python bench/learn.py --output bench_results                                # all three modes, 20 min each
-    python bench/learn.py --output bench_results --modes sparse --stop-at-target  # stop once the targets are met
-    python bench/learn.py --output bench_results --modes pretrained              # pretrain the CNN, then sparse
-    python bench/learn.py --output bench_results --workdir /tmp/learn --budget-min 10 --set optim.lr=5e-4
+    python bench/learn.py --output bench_results --modes image_text --seed 0          # one mode, one seed
+    python bench/learn.py --output bench_results --modes scratch_sparse,scratch_dense,attribute_cnn --seed 0
+    python bench/learn.py --output bench_results --modes image_text,scratch_sparse --seed 11
+    python bench/learn.py --output bench_results --merge-only
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -48,9 +56,22 @@ from common import print_table, write_json  # noqa: E402
 
 from clipbert.config import load_config  # noqa: E402
 
-MODES = {"sparse": "synthetic_tiny", "dense": "synthetic_tiny_dense", "pretrained": "synthetic_tiny"}  # -> preset
-CURVE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "itc_t2v_r5", "mc_acc", "epoch", "eval_s")
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    preset: str  # finetuning preset
+    label: str  # how the table names it
+    init: str = ""  # "", "image_text" or "attribute_cnn": what the finetuning starts from
+
+
+MODES = {
+    "scratch_sparse": Mode("synthetic_tiny", "scratch, sparse (N=2, T=2)"),
+    "scratch_dense": Mode("synthetic_tiny_dense", "scratch, dense (every stored frame)"),
+    "image_text": Mode("synthetic_tiny", "image-text pretrained, sparse", "image_text"),
+    "attribute_cnn": Mode("synthetic_tiny", "attribute-supervised CNN (labelled upper bound), sparse", "attribute_cnn"),
+}
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
+TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 POLL_S = 5.0
 
 
@@ -123,8 +144,6 @@ def curve_from_scalars(scalars: list[tuple[float, int, str, float]], t0: float) 
 def train_rate(scalars: list[tuple[float, int, str, float]]) -> dict[str, float]:
     """Median training samples/s and data-wait fraction over the logged windows (the first one, start-up, and
     windows that include an evaluation are dropped by taking the median)."""
-    import statistics
-
     rates = [v for _, _, tag, v in scalars if tag == "train/samples_per_s"][1:]
     waits = [v for _, _, tag, v in scalars if tag == "train/data_wait_fraction"][1:]
     return {"samples_per_s": statistics.median(rates) if rates else float("nan"),
@@ -135,9 +154,25 @@ def meets_targets(point: dict[str, float]) -> bool:
     return all(point.get(k, float("-inf")) >= v for k, v in TARGETS.items())
 
 
+
+
+def prepare_images(workdir: Path, n_images: int, val_images: int, seed: int, max_side: int) -> Path:
+    """Synthesize captioned stills and preprocess them into a frame store (each step skipped when done)."""
+    from clipbert.synthetic_images import synthesize_images
+
+    root = workdir / f"stills_{n_images}_{val_images}_s{seed}"
+    if not (root / "images.json").exists():
+        print(f"synthesizing {n_images} stills into {root} ...", flush=True)
+        synthesize_images(root, n_images=n_images, val_images=val_images, seed=seed, overwrite=True)
+    if not (root / "frames" / "manifest.parquet").exists():
+        subprocess.run([sys.executable, str(REPO / "jobs" / "preprocess.py"), "--videos", str(root / "images"),
+                        "--output", str(root / "frames"), "--max-side", str(max_side)], check=True, cwd=REPO)
+    return root
+
+
 # ------------------------------------------------------------------------------------------------ one run
 def _stop(proc: subprocess.Popen) -> None:
-    """Interrupt the training job (Ray shuts down on SIGINT), then kill its process group if it lingers."""
+    """Interrupt the job (Ray shuts down on SIGINT), then kill its process group if it lingers."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGINT)
@@ -148,185 +183,323 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def pretrained_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """Synthesize the pretraining corpus (its own seed) and pretrain the CNN on it, both cached (the CNN by its
-    model config)."""
+@dataclasses.dataclass
+class Run:
+    """One job launched by the bench and watched until it ends or the mode's budget runs out."""
+
+    name: str
+    job: str  # "train.py" or "pretrain.py"
+    preset: str
+    sets: list[str]
+    storage: Path
+    log: Path
+
+    @property
+    def directory(self) -> Path:
+        return self.storage / self.name
+
+    def command(self, num_workers: int) -> list[str]:
+        return [sys.executable, str(REPO / "jobs" / self.job), "--config", self.preset, "--num-workers",
+                str(num_workers), "--storage-path", str(self.storage), "--name", self.name,
+                *[a for s in self.sets for a in ("--set", s)]]
+
+    def watch(self, num_workers: int, t0: float, deadline: float, label: str) -> dict[str, Any]:
+        """Run the job until it exits or ``deadline`` (time.time()); prints each evaluation as it appears."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        cmd = self.command(num_workers)
+        print(f"\n[{label}] {' '.join(cmd[1:])}\n[{label}] log: {self.log}", flush=True)
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+        loads, stopped, shown = [], "schedule finished", 0
+        started = time.time()
+        with open(self.log, "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                                    start_new_session=True)
+            try:
+                while proc.poll() is None:
+                    time.sleep(POLL_S)
+                    loads.append(os.getloadavg()[0])
+                    curve = curve_from_scalars(read_scalars(self.directory / "tensorboard"), t0)
+                    for p in curve[shown:]:
+                        print(f"[{label}] {_fmt_point(p)}", flush=True)
+                    shown = len(curve)
+                    if time.time() > deadline:
+                        stopped = "budget"
+                        break
+            finally:
+                _stop(proc)
+        if stopped != "budget" and proc.returncode != 0:
+            stopped = f"failed (exit {proc.returncode}; see {self.log})"
+        scalars = read_scalars(self.directory / "tensorboard")
+        curve = curve_from_scalars(scalars, t0)
+        final = self.directory / "final_metrics.json"
+        return {"command": " ".join(cmd[1:]), "stopped": stopped, "seconds": time.time() - started, "curve": curve,
+                "final_metrics": json.loads(final.read_text()) if final.exists() else None,
+                **train_rate(scalars), "load_avg": _mean(loads)}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def best_kept_checkpoint(run_dir: Path, curve: list[dict[str, float]], metric: str) -> Path | None:
+    """The kept checkpoint of a run stopped by the budget whose step scored best on ``metric`` (validation)."""
+    import torch
+
+    by_step = {}
+    for d in run_dir.glob("checkpoint_*"):
+        try:
+            by_step[int(torch.load(d / "train_state.pt", map_location="cpu", weights_only=True)["step"])] = d
+        except (OSError, RuntimeError, KeyError):
+            continue
+    scored = [p for p in curve if int(p["step"]) in by_step and metric in p]
+    return by_step[int(max(scored, key=lambda p: p[metric])["step"])] if scored else None
+
+
+def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[dict | None, int | None]:
+    """(test metrics, step of the checkpoint chosen on validation): the job's own final_metrics.json, else the best
+    kept checkpoint scored here, on the same test rows and with the same dense inference."""
+    final = run["final_metrics"]
+    if final and final.get("test"):
+        return final["test"], final.get("step")
+    import torch
+
+    from clipbert.checkpoint import load_checkpoint
+    from clipbert.evaluation import evaluate
+    from clipbert.training import prepare_task
+
+    cfg = load_config(preset, sets)
+    checkpoint = best_kept_checkpoint(run_dir, run["curve"], cfg.train.metric)
+    if checkpoint is None:
+        return None, None
+    task = prepare_task(cfg)
+    model, _ = load_checkpoint(checkpoint)
+    step = int(torch.load(checkpoint / "train_state.pt", map_location="cpu", weights_only=True)["step"])
+    return evaluate(model, cfg, task.test, torch.device("cpu"), mc_rows=task.test_mc), step
+
+
+# ------------------------------------------------------------------------------------------------ modes
+def image_text_checkpoint(stills: Path, workdir: Path, args: argparse.Namespace, t0: float,
+                          deadline: float) -> tuple[Path, dict[str, Any]]:
+    """Image-text pretraining on the stills; returns (its exported best/ checkpoint, its run)."""
+    run = Run(f"learn_image_text_pretrain_s{args.seed}", "pretrain.py", "synthetic_tiny_pretrain",
+              [f"data.root={stills}", f"optim.num_epochs={args.pretrain_epochs}",
+               f"train.eval_every_steps={args.pretrain_eval_every}", *args.set],
+              workdir / "runs", Path(args.output) / "learn_runs" / f"image_text_pretrain_s{args.seed}.log")
+    result = run.watch(args.num_workers, t0, deadline, "image_text pretrain")
+    if not (run.directory / "best" / "model.safetensors").exists():
+        raise SystemExit(f"image-text pretraining exported no checkpoint ({result['stopped']}); see {run.log}")
+    result["corpus"] = str(stills)
+    return run.directory / "best", result
+
+
+def attribute_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The attribute-supervised CNN (colour, shape, direction labels) on a video corpus of its own seed, cached."""
     from clipbert.cnn_pretrain import pretrain_cnn
 
-    if args.pretrain_seed == args.seed:
-        raise SystemExit("--pretrain-seed must differ from --seed: the pretraining videos must not be retrieval ones")
-    splits = tuple(int(v) for v in args.pretrain_splits.split(","))
-    root = prepare_corpus(workdir, splits, args.pretrain_seed, args.max_side)
-    model_cfg = load_config(MODES["pretrained"], args.set).model  # the model the mode trains, --set included
+    if args.cnn_seed == args.seed:
+        raise SystemExit("--cnn-seed must differ from --seed: the CNN's videos must not be retrieval ones")
+    root = prepare_corpus(workdir, (400, 50, 0), args.cnn_seed, args.max_side)
+    model_cfg = load_config("synthetic_tiny", args.set).model
     key = hashlib.blake2b(json.dumps(dataclasses.asdict(model_cfg), sort_keys=True).encode(), digest_size=4).hexdigest()
-    out = workdir / f"cnn_{root.name}_{args.pretrain_min:g}min_{key}"
+    out = workdir / f"cnn_{root.name}_{args.cnn_min:g}min_{key}"
     if not (out / "pretrain_metrics.json").exists():
-        print(f"pretraining the CNN on {root} for {args.pretrain_min:g} min ...", flush=True)
-        pretrain_cnn(model_cfg, root, root / "frames", out, minutes=args.pretrain_min)
-    metrics = json.loads((out / "pretrain_metrics.json").read_text())
-    print(f"pretrained CNN {out}: {metrics['steps']} steps in {metrics['seconds']:.0f} s, held-out accuracy "
-          f"{metrics['accuracy_after']}", flush=True)
-    return out, metrics
+        pretrain_cnn(model_cfg, root, root / "frames", out, minutes=args.cnn_min)
+    return out, json.loads((out / "pretrain_metrics.json").read_text())
 
 
-def run_mode(mode: str, preset: str, root: Path, args: argparse.Namespace, extra: list[str],
-             offset_s: float = 0.0) -> dict[str, Any]:
-    """Train one mode under the budget; returns its curve, the reason it stopped and the summary figures.
+def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One mode on one corpus seed under the budget; returns its record (curves, test figures, load, date).
 
-    ``offset_s`` (seconds already spent on this mode, e.g. pretraining) is added to its wall times and budget."""
-    storage = Path(args.workdir) / "runs"
-    name = f"learn_{mode}"
-    shutil.rmtree(storage / name, ignore_errors=True)
-    sets = [f"data.root={root}", f"train.eval_every_steps={args.eval_every}", *extra, *args.set]
-    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", preset, "--num-workers", str(args.num_workers),
-           "--storage-path", str(storage), "--name", name] + [a for s in sets for a in ("--set", s)]
-    log_path = Path(args.output) / f"learn_{mode}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"\n[{mode}] {' '.join(cmd[1:])}\n[{mode}] log: {log_path}", flush=True)
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    budget_s = 60.0 * args.budget_min
-    loads, reason, hit, shown = [], "finished", None, 0
-    t0 = time.time() - offset_s
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
-        try:
-            while proc.poll() is None:
-                time.sleep(POLL_S)
-                loads.append(os.getloadavg()[0])
-                curve = curve_from_scalars(read_scalars(storage / name / "tensorboard"), t0)
-                for p in curve[shown:]:
-                    print(f"[{mode}] {_fmt_point(p)}", flush=True)
-                shown = len(curve)
-                if hit is None:
-                    hit = next((p for p in curve if meets_targets(p)), None)
-                if hit is not None and args.stop_at_target:
-                    reason = "target"
-                    break
-                if time.time() - t0 > budget_s:
-                    reason = "budget"
-                    break
-        finally:
-            _stop(proc)
-    wall = time.time() - t0
-    scalars = read_scalars(storage / name / "tensorboard")
-    curve = curve_from_scalars(scalars, t0)
-    for p in curve[shown:]:
-        print(f"[{mode}] {_fmt_point(p)}", flush=True)
-    hit = next((p for p in curve if meets_targets(p)), None)
-    if reason == "finished" and proc.returncode != 0:
-        reason = f"failed (exit {proc.returncode}; see {log_path})"
-    return {"mode": mode, "preset": preset, "command": " ".join(cmd[1:]), "stopped": reason, "wall_s": wall,
-            "curve": curve, "best": _best(curve), "final": curve[-1] if curve else {},
-            "time_to_target_s": hit["wall_s"] if hit else None, "step_at_target": hit["step"] if hit else None,
-            **train_rate(scalars),
-            "load_avg": {"mean": sum(loads) / len(loads) if loads else None, "max": max(loads, default=None)}}
-
-
-def _best(curve: list[dict[str, float]]) -> dict[str, float]:
-    return {k: max((p[k] for p in curve if k in p), default=float("nan")) for k in ("t2v_r1", "itc_t2v_r1", "mc_acc")}
+    Data preparation (synthesis, preprocessing) is not timed; pretraining is: the budget starts before it."""
+    mode = MODES[name]
+    sets = [f"data.root={root}", f"train.eval_every_steps={args.eval_every}", *args.set]
+    record: dict[str, Any] = {"mode": name, "label": mode.label, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
+                              "load_avg_before": os.getloadavg()[0], "budget_min": args.budget_min}
+    pretrained_s = 0.0
+    if name == "scratch_dense":  # the same frames decoded between evaluations as the sparse mode, not the same steps
+        dense = max_stored_frames(root / "frames")
+        sparse = load_config("synthetic_tiny").sampling
+        every = max(1, round(args.eval_every * sparse.train_n_clips * sparse.num_frames / dense))
+        sets += [f"sampling.dense_num_frames={dense}", f"train.eval_every_steps={every}",
+                 f"train.log_every_steps={max(1, every // 5)}", f"optim.num_epochs={args.dense_epochs}"]
+    elif name == "attribute_cnn":
+        checkpoint, record["pretrain"] = attribute_cnn(workdir, args)
+        pretrained_s = record["pretrain"]["seconds"]  # counted even when the CNN was cached
+        sets += [f"model.init_checkpoint={checkpoint}"]
+    elif name == "image_text":
+        if args.image_seed == args.seed:
+            raise SystemExit("--image-seed must differ from --seed")
+        stills = prepare_images(workdir, args.images, args.val_images, args.image_seed, args.max_side)
+        if (stills / "tokenizer" / "vocab.txt").read_text() != (root / "tokenizer" / "vocab.txt").read_text():
+            raise SystemExit(f"{stills}/tokenizer and {root}/tokenizer differ: re-synthesize one of them")
+    t0 = time.time() - pretrained_s
+    deadline = t0 + 60.0 * args.budget_min
+    if name == "image_text":
+        checkpoint, record["pretrain"] = image_text_checkpoint(stills, workdir, args, t0, deadline)
+        sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.finetune_epochs}"]
+    run = Run(f"learn_{name}_s{args.seed}", "train.py", mode.preset, sets, workdir / "runs",
+              Path(args.output) / "learn_runs" / f"{name}_s{args.seed}.log")
+    result = run.watch(args.num_workers, t0, deadline, name)
+    wall_s = time.time() - t0
+    test, step = test_metrics(result, run.directory, mode.preset, sets)
+    hit = next((p for p in result["curve"] if meets_targets(p)), None)
+    record.update(result, wall_s=wall_s, test=test, test_step=step, preset=mode.preset,
+                  val_best={k: max((p[k] for p in result["curve"] if k in p), default=None) for k in TARGETS},
+                  val_min_to_target=hit["wall_s"] / 60 if hit else None,
+                  steps=result["curve"][-1]["step"] if result["curve"] else 0)
+    return record
 
 
 def _fmt_point(p: dict[str, float]) -> str:
     parts = [f"{p['wall_s'] / 60:5.1f} min", f"step {p['step']:5d}"]
-    parts += [f"{k} {p[k]:.0f}" for k in ("t2v_r1", "itc_t2v_r1", "mc_acc") if k in p]
+    parts += [f"{k} {p[k]:.0f}" for k in ("t2v_r1", "itc_t2v_r1", "mc_acc", "itm_acc", "mlm_acc") if k in p]
     return "  ".join(parts)
+# ------------------------------------------------------------------------------------------------ the table
+def load_records(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every (mode, seed) record written so far, in MODES order, then by seed."""
+    records = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+    order = list(MODES)
+    return sorted(records, key=lambda r: (order.index(r["mode"]) if r["mode"] in order else len(order), r["seed"]))
 
 
-# ------------------------------------------------------------------------------------------------ output
-def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Metric against wall time, one line style per mode, the targets dotted."""
+def _test(record: dict[str, Any], key: str) -> float | None:
+    return (record.get("test") or {}).get(key)
+
+
+def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per record, then a mean row per mode with more than one seed."""
+    rows = []
+    for name in MODES:
+        mine = [r for r in records if r["mode"] == name]
+        for r in mine:
+            pre = r.get("pretrain") or {}
+            rows.append([r["label"], r["seed"], *(_test(r, k) for k in TABLE_KEYS), r["test_step"], r["steps"],
+                         pre.get("seconds", 0.0) / 60, r["wall_s"] / 60, r["stopped"], r["date"], r["load_avg"]])
+        if len(mine) > 1:
+            means = [statistics.mean(v) if len(v := [x for r in mine if (x := _test(r, k)) is not None]) == len(mine)
+                     else None for k in TABLE_KEYS]
+            rows.append([f"{MODES[name].label}: mean", "all", *means, "", "", "", "", "", "", ""])
+    return rows
+
+
+def verdicts(records: list[dict[str, Any]]) -> list[str]:
+    """The paper's three claims, read off the means of the test figures (where the modes were run)."""
+    def mean(name: str, key: str) -> float | None:
+        values = [_test(r, key) for r in records if r["mode"] == name]
+        return statistics.mean(values) if values and None not in values else None
+
+    lines = []
+    sparse_r1, sparse_mc = mean("scratch_sparse", "t2v_r1"), mean("scratch_sparse", "mc_acc")
+    if sparse_r1 is not None:
+        lines.append(f"1. end to end from pixels, from random weights: test R@1 {sparse_r1:.1f} (chance 1), "
+                     f"MC {sparse_mc:.1f} (chance 20): learns, " + ("well" if sparse_r1 >= 50 else "but far from "
+                     "the targets"))
+    dense_r1, dense_mc = mean("scratch_dense", "t2v_r1"), mean("scratch_dense", "mc_acc")
+    if sparse_r1 is not None and dense_r1 is not None:
+        better = sparse_r1 > dense_r1 and sparse_mc > dense_mc
+        lines.append(f"2. less is more (same budget): sparse R@1 {sparse_r1:.1f} / MC {sparse_mc:.1f} against dense "
+                     f"{dense_r1:.1f} / {dense_mc:.1f}: " + ("holds" if better else "does not hold on both metrics"))
+    it_r1, it_mc = mean("image_text", "t2v_r1"), mean("image_text", "mc_acc")
+    if it_r1 is not None and sparse_r1 is not None:
+        helps = it_r1 > sparse_r1 and it_mc > sparse_mc
+        lines.append(f"3. image-text pretraining helps: R@1 {it_r1:.1f} / MC {it_mc:.1f} against {sparse_r1:.1f} / "
+                     f"{sparse_mc:.1f} from scratch: " + ("holds" if helps else "does not hold on both metrics"))
+    if it_r1 is not None:
+        seeds = [r for r in records if r["mode"] == "image_text"]
+        met = [r["seed"] for r in seeds if all((_test(r, k) or 0) >= v for k, v in TARGETS.items())]
+        lines.append(f"targets (test R@1 >= 50 and MC >= 80 within {seeds[0]['budget_min']:g} min, no attribute "
+                     f"labels): met on seeds {met or 'none'} of {[r['seed'] for r in seeds]}")
+    return lines
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Validation curves against wall time, one colour per mode, one line style per seed; the targets dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
+    colours = dict(zip(MODES, ("tab:blue", "tab:grey", "tab:green", "tab:orange")))
+    seeds = sorted({r["seed"] for r in records})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), sharex=True)
     for ax, key, title in zip(axes, ("t2v_r1", "mc_acc", "itc_t2v_r1"),
-                              ("text-to-video R@1, cross-encoder (%)", "multiple choice accuracy (%)",
-                               "text-to-video R@1, dual encoder (%)")):
-        for r, style in zip(results, ("-o", "--s", ":^")):
+                              ("text-to-video R@1, cross-encoder (val, %)", "multiple-choice accuracy (val, %)",
+                               "text-to-video R@1, dual encoder (val, %)")):
+        for r in records:
             pts = [p for p in r["curve"] if key in p]
-            ax.plot([p["wall_s"] / 60 for p in pts], [p[key] for p in pts], style, label=r["mode"], markersize=3)
+            style = ("-", "--", ":", "-.")[seeds.index(r["seed"]) % 4]
+            ax.plot([p["wall_s"] / 60 for p in pts], [p[key] for p in pts], style, color=colours.get(r["mode"]),
+                    marker="o", markersize=2, label=f"{r['mode']} s{r['seed']}")
         if key in TARGETS:
-            ax.axhline(TARGETS[key], color="grey", linestyle=":", linewidth=1)
-        ax.set_title(title)
-        ax.set_xlabel("wall time since launch (min)")
-        ax.set_ylim(0, 100)
+            ax.axhline(TARGETS[key], color="black", linestyle=":", linewidth=1)
+        ax.set(title=title, xlabel="wall time since the mode's launch (min)", ylim=(0, 100))
         ax.grid(alpha=0.3)
-        ax.legend()
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def print_results(results: list[dict[str, Any]]) -> None:
-    for r in results:
-        print_table(f"{r['mode']} ({r['preset']}): validation curve", ["min", "step", "epoch", "t2v_r1", "t2v_r5",
-                    "itc_t2v_r1", "mc_acc", "eval_s"],
-                    [[p["wall_s"] / 60, p["step"], p.get("epoch", 0), p.get("t2v_r1"), p.get("t2v_r5"),
-                      p.get("itc_t2v_r1"), p.get("mc_acc"), p.get("eval_s")] for p in r["curve"]])
-    print_table("less is more: sparse against dense training (validation, percent; best over the run)",
-                ["mode", "t2v_r1", "mc_acc", "itc_t2v_r1", "final t2v_r1", "final mc_acc", "min to target",
-                 "samples/s", "data wait", "steps", "wall min", "stopped", "load avg"],
-                [[r["mode"], r["best"]["t2v_r1"], r["best"]["mc_acc"], r["best"]["itc_t2v_r1"],
-                  r["final"].get("t2v_r1"), r["final"].get("mc_acc"),
-                  r["time_to_target_s"] / 60 if r["time_to_target_s"] else "not reached", r["samples_per_s"],
-                  r["data_wait_fraction"], r["final"].get("step"), r["wall_s"] / 60, r["stopped"],
-                  r["load_avg"]["mean"]] for r in results])
+def merge(out: Path) -> dict[str, Any]:
+    """Print the one table of every record under OUT/learn_runs/, write OUT/learn.json and OUT/learn.png."""
+    records = load_records(out / "learn_runs")
+    if not records:
+        raise SystemExit(f"no runs under {out / 'learn_runs'}")
+    print_table("held-out TEST split (100 videos; checkpoint chosen on validation), percent; chance R@1 1, MC 20",
+                ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "ckpt step", "steps", "pretrain min",
+                 "wall min", "stopped", "date", "load"], table_rows(records))
+    lines = verdicts(records)
+    print("\n" + "\n".join(lines))
+    plot(records, out / "learn.png")
+    payload = {"targets": TARGETS, "verdicts": lines, "records": records}
+    write_json(out, "learn", payload)
+    print(f"wrote {out / 'learn.png'}")
+    return payload
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="bench_results", help="where learn.json, learn.png and the logs go")
-    p.add_argument("--workdir", default="bench_work/learn", help="corpus and run storage (reused between runs)")
-    p.add_argument("--splits", default="400,100,100", help="TRAIN,VAL,TEST videos of the synthetic corpus")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--output", default="bench_results", help="where learn.json, learn.png and learn_runs/ go")
+    p.add_argument("--workdir", default="bench_work/learn", help="corpora and run storage (reused between runs)")
+    p.add_argument("--modes", default="image_text", help="comma-separated, from: " + ", ".join(MODES))
+    p.add_argument("--seed", type=int, default=0, help="seed of the retrieval corpus (400 / 100 / 100 videos)")
+    p.add_argument("--merge-only", action="store_true", help="only merge the runs already under OUT/learn_runs/")
     p.add_argument("--max-side", type=int, default=160, help="longer side of the stored frames")
-    p.add_argument("--modes", default="sparse,dense,pretrained", help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--budget-min", type=float, default=20.0, help="wall-time budget per mode (minutes)")
-    p.add_argument("--stop-at-target", action="store_true", help="stop a mode once t2v_r1 and mc_acc reach the targets")
     p.add_argument("--num-workers", type=int, default=1,
                    help="Ray Train workers (on 2 cores one worker, batch 16 per step, learns faster per minute than two)")
-    p.add_argument("--eval-every", type=int, default=250, help="optimiser steps between evaluations (sparse mode)")
-    p.add_argument("--pretrain-seed", type=int, default=1, help="seed of the pretraining corpus (pretrained mode)")
-    p.add_argument("--pretrain-splits", default="400,50,0", help="TRAIN,VAL,TEST videos of the pretraining corpus")
-    p.add_argument("--pretrain-min", type=float, default=2.0, help="minutes of CNN pretraining (pretrained mode)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every mode")
-    return p.parse_args(argv)
+    p.add_argument("--eval-every", type=int, default=250, help="optimiser steps between evaluations (sparse modes)")
+    p.add_argument("--dense-epochs", type=float, default=28.0,
+                   help="scratch_dense schedule: sized so that its learning rate reaches 0 within the budget")
+    p.add_argument("--image-seed", type=int, default=None, help="seed of the stills (default: 1000 + --seed)")
+    p.add_argument("--images", type=int, default=1600, help="stills to synthesize (train + val)")
+    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--pretrain-epochs", type=float, default=8.0, help="image-text pretraining schedule (8 x 140 = 1,120 steps)")
+    p.add_argument("--pretrain-eval-every", type=int, default=200)
+    p.add_argument("--finetune-epochs", type=float, default=120.0, help="image_text: finetuning schedule (3,000 steps)")
+    p.add_argument("--cnn-seed", type=int, default=None, help="attribute_cnn's video seed (default: 1 + --seed)")
+    p.add_argument("--cnn-min", type=float, default=2.0, help="attribute_cnn: minutes of CNN training")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    args = p.parse_args(argv)
+    args.image_seed = 1000 + args.seed if args.image_seed is None else args.image_seed
+    args.cnn_seed = 1 + args.seed if args.cnn_seed is None else args.cnn_seed
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
-    splits = tuple(int(v) for v in args.splits.split(","))
-    workdir = Path(args.workdir).resolve()
-    root = prepare_corpus(workdir, splits, args.seed, args.max_side)
-    dense_frames = max_stored_frames(root / "frames")
-    load_before = os.getloadavg()
-    results, pretrain = [], None
-    for mode in modes:
-        extra, offset_s = [], 0.0
-        if mode == "pretrained":
-            cnn_dir, pretrain = pretrained_cnn(workdir, args)
-            extra, offset_s = [f"model.init_checkpoint={cnn_dir}"], pretrain["seconds"]
-        if mode == "dense":  # evaluate after the same number of decoded frames as the sparse mode, not steps
-            sparse = load_config(MODES["sparse"]).sampling
-            every = max(1, round(args.eval_every * sparse.train_n_clips * sparse.num_frames / dense_frames))
-            extra = [f"sampling.dense_num_frames={dense_frames}", f"train.eval_every_steps={every}",
-                     f"train.log_every_steps={max(1, every // 5)}"]
-        results.append(run_mode(mode, MODES[mode], root, args, extra, offset_s))
-    print_results(results)
     out = Path(args.output)
-    plot(results, out / "learn.png")
-    payload = {"corpus": str(root), "splits": splits, "targets": TARGETS, "budget_min": args.budget_min,
-               "num_workers": args.num_workers, "dense_num_frames": dense_frames, "load_avg_before": load_before,
-               "pretrain": pretrain, "results": results}
-    write_json(out, "learn", payload)
-    print(f"wrote {out / 'learn.png'}")
-    return payload
+    if not args.merge_only:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if unknown := [m for m in modes if m not in MODES]:
+            raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+        workdir = Path(args.workdir).resolve()
+        root = prepare_corpus(workdir, (400, 100, 100), args.seed, args.max_side)
+        (out / "learn_runs").mkdir(parents=True, exist_ok=True)
+        for name in modes:
+            record = run_mode(name, root, workdir, args)
+            (out / "learn_runs" / f"{name}_s{args.seed}.json").write_text(json.dumps(record, indent=1, default=float))
+    return merge(out)
 
 
 if __name__ == "__main__":

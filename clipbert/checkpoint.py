@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+PRETRAIN_HEAD = re.compile(r"^(mlm_head\.|classifier\.(weight|bias)$)")  # the "pretrain" head's own layers
 IGNORED_TARGETS = ("num_batches_tracked",)  # BN counters: never in detectron2 FrozenBN, never used (BN frozen)
 
 
@@ -238,10 +239,38 @@ def build_model(cfg: ModelConfig) -> tuple[ClipBert, list[ImportReport]]:
     if cfg.init_checkpoint:
         path = Path(cfg.init_checkpoint)
         if path.is_dir():
-            reports.append(load_mapped(model, load_file(str(path / WEIGHTS_NAME)), lambda k: (k, None)))
+            state = load_file(str(path / WEIGHTS_NAME))
+            if wrong := shape_mismatches(state, model.state_dict()):
+                raise ValueError(mismatch_message(str(path), wrong))
+            reports.append(load_mapped(model, state, _checkpoint_mapper(model.state_dict())))
         else:
             reports.append(import_original_checkpoint(model, path))
     return model, reports
+
+
+def _checkpoint_mapper(targets: Mapping[str, torch.Tensor]) -> Callable[[str], tuple[str | None, str | None]]:
+    """Our checkpoint's keys as they are; a pretraining head that this model lacks is skipped, with the reason."""
+    def mapper(key: str) -> tuple[str | None, str | None]:
+        if key not in targets and PRETRAIN_HEAD.match(key):
+            return None, "image-text pretraining head: finetuning starts its own task head, as the original"
+        return key, None
+    return mapper
+
+
+def shape_mismatches(state: Mapping[str, torch.Tensor],
+                     targets: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Keys present in both whose shapes differ, outside the task head (a task head of another width, e.g. another
+    answer vocabulary, is simply started afresh): key -> (checkpoint shape, model shape)."""
+    return {k: (tuple(v.shape), tuple(targets[k].shape)) for k, v in state.items()
+            if k in targets and tuple(v.shape) != tuple(targets[k].shape) and not k.startswith("classifier.")}
+
+
+def mismatch_message(path: str, wrong: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> str:
+    """One line naming the first mismatched keys of an init checkpoint of another model size."""
+    shown = ", ".join(f"{k} checkpoint {a} vs model {b}" for k, (a, b) in list(wrong.items())[:4])
+    more = f" (and {len(wrong) - 4} more)" if len(wrong) > 4 else ""
+    return (f"model.init_checkpoint: {path}: {len(wrong)} tensors do not fit this model (a checkpoint of another "
+            f"model size?): {shown}{more}")
 
 
 # ----------------------------------------------------------------------------------------------- our format
@@ -301,3 +330,30 @@ def contrastive_logit_scale(directory: str | Path) -> float:
     """The checkpoint's learned InfoNCE multiplier exp(logit_scale), clamped to <= 100 as in training."""
     with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
         return float(f.get_tensor("logit_scale").exp().clamp(max=100.0))
+
+
+def checkpoint_problem(directory: str, extra_files: tuple[str, ...] = ()) -> str | None:
+    """Why the checkpoint at ``directory`` (a local path or a storage URI) cannot be loaded, or None when it can:
+    config.json must parse, model.safetensors must load (a truncated or overwritten file does not), and each of
+    ``extra_files`` (e.g. the training state) must load with ``torch.load(weights_only=True)``. A bit flip inside
+    tensor data is not detected: safetensors files carry no checksum."""
+    import io
+
+    from safetensors.torch import load as load_safetensors
+
+    from clipbert import storage
+
+    def read(name: str) -> bytes:
+        return storage.read_bytes(storage.join(directory, name))
+
+    for name, check in [(CONFIG_NAME, lambda b: config_from_dict(json.loads(b))),
+                        (WEIGHTS_NAME, load_safetensors),
+                        *[(n, lambda b: torch.load(io.BytesIO(b), map_location="cpu", weights_only=True))
+                          for n in extra_files]]:
+        try:
+            check(read(name))
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except Exception as e:  # each library raises its own type for a damaged file
+            return f"{name} cannot be loaded ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    return None

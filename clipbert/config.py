@@ -19,10 +19,11 @@ logger = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-TASKS = ("retrieval", "mc", "qa")
-HEADS = ("itm", "mc", "qa")
-# Which heads can serve which task: MSRVTT-MC is scored with the retrieval (ITM) head, as the original does.
-TASK_HEADS = {"retrieval": ("itm",), "mc": ("mc", "itm"), "qa": ("qa",)}
+TASKS = ("retrieval", "mc", "qa", "pretrain")
+HEADS = ("itm", "mc", "qa", "pretrain")
+# Which heads can serve which task: MSRVTT-MC is scored with the retrieval (ITM) head, as the original does;
+# image-text pretraining has its own heads (MLM + a 2-way ITM layer).
+TASK_HEADS = {"retrieval": ("itm",), "mc": ("mc", "itm"), "qa": ("qa",), "pretrain": ("pretrain",)}
 CONSENSUS = ("mean", "max", "lse")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -31,7 +32,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class ModelConfig:
     """Architecture of ClipBERT: ResNet grid encoder, BERT cross-modal encoder, task head, contrastive heads."""
 
-    head: str = "itm"  # task head: "itm" (2-way image-text matching), "mc" (1 score per option), "qa" (answer vocab)
+    head: str = "itm"  # task head: "itm" (2-way image-text matching), "mc" (1 score per option), "qa" (answer vocab),
+    # "pretrain" (image-text pretraining: MLM head tied to the word embeddings + a 2-way ITM layer on the pooled output)
     num_answers: int = 1500  # width of the "qa" head; load_config copies data.num_answers here
     consensus: str = "lse"  # clip score consensus over the N clips, on logits: "mean", "max" or "lse" (LogSumExp)
     img_size: int = 448  # S: frames are resized (longer side) and zero-padded to S x S pixels
@@ -93,17 +95,21 @@ class DataConfig:
 
     root: str = ""  # base directory: relative data paths below are resolved against it ("" = as given)
     frame_store: str = ""  # path of the frame store directory (manifest.parquet + LMDB shards)
-    task: str = "retrieval"  # "retrieval", "mc" (multiple choice) or "qa" (open-ended QA)
+    task: str = "retrieval"  # "retrieval", "mc" (multiple choice), "qa" (open-ended QA) or "pretrain" (image captions)
     train_file: str = ""  # training annotations (jsonl, ClipBERT txt_db format)
     val_file: str = ""  # validation annotations (jsonl)
     test_file: str = ""  # test annotations (jsonl)
     val_mc_file: str = ""  # optional multiple-choice annotations scored with the retrieval head at validation
+    test_mc_file: str = ""  # the same for the held-out test evaluation at the end of a run
     ans2label_file: str = ""  # QA answer vocabulary (json {answer: label})
     tokenizer: str = ""  # local tokenizer directory (from_pretrained) or a vocab.txt path
     max_txt_len: int = 20  # L: text tokens incl. [CLS]/[SEP]; longer texts are truncated, shorter padded
     itm_neg_size: int = 1  # retrieval: random negative captions (other videos) per positive
     num_answers: int = 1500  # QA answer vocabulary size floor: max(|ans2label|, num_answers) labels
     num_options: int = 5  # multiple choice: options per question
+    caption_group_size: int = 2  # pretrain: captions of one image scored against one CNN pass
+    mlm_probability: float = 0.15  # pretrain: share of text tokens masked (80% [MASK], 10% random, 10% kept)
+    itm_neg_probability: float = 0.5  # pretrain: chance that a caption is replaced by one of another image
 
 
 @dataclass
@@ -327,7 +333,8 @@ def apply_overrides(tree: dict, overrides: typing.Iterable[str]) -> dict:
     return tree
 
 
-DATA_PATH_KEYS = ("frame_store", "train_file", "val_file", "test_file", "val_mc_file", "ans2label_file", "tokenizer")
+DATA_PATH_KEYS = ("frame_store", "train_file", "val_file", "test_file", "val_mc_file", "test_mc_file", "ans2label_file",
+                  "tokenizer")
 
 
 def sync_derived(cfg: Config) -> Config:
@@ -363,6 +370,11 @@ def validate_config(cfg: Config) -> Config:
         (cfg.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
         (cfg.train.metric_mode in ("max", "min"), "train.metric_mode must be 'max' or 'min'"),
         (m.head != "qa" or m.num_answers == d.num_answers, "model.num_answers must equal data.num_answers for QA"),
+        (d.caption_group_size >= 1, "data.caption_group_size must be >= 1"),
+        (0 <= d.mlm_probability < 1 and 0 <= d.itm_neg_probability < 1,
+         "data.mlm_probability and data.itm_neg_probability must be in [0, 1)"),
+        (d.task != "pretrain" or (s.train_n_clips == 1 and s.inference_n_clips == 1),
+         "pretraining scores each image as one clip: set sampling.train_n_clips and inference_n_clips to 1"),
     ]
     for ok, message in checks:
         if not ok:

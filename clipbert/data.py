@@ -21,7 +21,9 @@ Ray Data's `from_items` takes as they are):
 - `answer` (str): the answer string (QA), the correct option's text (multiple choice), else "".
 
 Supported formats (REFERENCE.md 3.2), by name: msrvtt_ret, didemo_ret, anet_ret, msrvtt_qa, msrvtt_mc,
-tgif_qa_action, tgif_qa_transition, tgif_qa_frameqa; `detect_format` picks one from the fields of a line.
+tgif_qa_action, tgif_qa_transition, tgif_qa_frameqa, and the pretraining captions coco_captions (`coco_id`,
+`caption`) and vg_captions (`vg_id`, `caption`), whose image ids may be ints; `detect_format` picks one from
+the fields of a line.
 A malformed line (bad JSON, a missing field, a wrong type such as a number as caption, an empty text) or an
 unknown video id is skipped and counted in a `LoadReport`; only a file that leaves no row at all raises
 `ValueError`. Texts of any length are kept: tokenisation truncates them to `max_txt_len`.
@@ -68,6 +70,7 @@ class AnnotationFormat:
     num_options: int = 5  # options per multiple-choice example
     min_num_labels: int = 0  # the original pads the QA head to at least this many classes
     join_caption_list: bool = False  # paragraph formats: a list of sentences is joined into one caption
+    int_ids: bool = False  # the id field may be an int (COCO / VG image ids), read as its decimal string
 
     def required_fields(self) -> tuple[str, ...]:
         """Fields a line of this format must have."""
@@ -87,6 +90,8 @@ FORMATS: dict[str, AnnotationFormat] = {
         AnnotationFormat("tgif_qa_action", "mc", "gif_name", "question"),
         AnnotationFormat("tgif_qa_transition", "mc", "gif_name", "question"),
         AnnotationFormat("tgif_qa_frameqa", "qa", "gif_name", "question", min_num_labels=1540),
+        AnnotationFormat("coco_captions", "retrieval", "coco_id", int_ids=True),  # image-text pretraining
+        AnnotationFormat("vg_captions", "retrieval", "vg_id", int_ids=True),
     )
 }
 
@@ -100,6 +105,8 @@ FORMAT_ALIASES: dict[str, str] = {
     "tgif_transition": "tgif_qa_transition",
     "tgif_frameqa": "tgif_qa_frameqa",
     "frameqa": "tgif_qa_frameqa",
+    "coco": "coco_captions",
+    "vg": "vg_captions",
 }
 
 
@@ -217,7 +224,10 @@ def _parse_line(
         raise _LineError("bad_json", f"bad JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
         raise _LineError("wrong_type", f"line should be a JSON object, got {type(obj).__name__}")
-    video_id = _field(obj, fmt.video_key, str, "a string")
+    if fmt.int_ids and isinstance(obj.get(fmt.video_key), int) and not isinstance(obj[fmt.video_key], bool):
+        video_id = str(obj[fmt.video_key])
+    else:
+        video_id = _field(obj, fmt.video_key, str, "a string")
     if fmt.kind == "retrieval":
         parsed = video_id, [_caption(obj, fmt)], 1, "", ""
     elif fmt.kind == "mc":

@@ -2,7 +2,8 @@
 
 Retrieval is scored as the original: every (caption, video) pair through the cross-encoder (clipbert.scoring),
 but the CNN runs once per video rather than once per text batch. With contrastive heads, the dual-encoder
-scores are reported too (keys prefixed ``itc_``).
+scores are reported too (keys prefixed ``itc_``). Image-text pretraining reports ITM and MLM accuracy and loss on
+held-out captions (clipbert.pretraining).
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from clipbert.data import Row, retrieval_eval_lists
 from clipbert.losses import predict
 from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics
 from clipbert.model import ClipBert
+from clipbert.pretraining import METRICS as PRETRAIN_METRICS
+from clipbert.pretraining import evaluate_pretrain
 from clipbert.scoring import (
-    autocast, chunks, clip_embeddings, cross_scores, text_embeddings, tokenize_texts, video_grids,
+    autocast,
+    chunks,
+    clip_embeddings,
+    cross_scores,
+    text_embeddings,
+    tokenize_texts,
+    video_grids,
 )
 
 
@@ -71,7 +80,9 @@ def evaluate(model: ClipBert, cfg: Config, rows: Sequence[Row], device: torch.de
     model.eval()
     try:
         metrics: dict[str, float] = {}
-        if cfg.data.task == "retrieval":
+        if cfg.data.task == "pretrain":
+            metrics.update(evaluate_pretrain(model, cfg, rows, device))
+        elif cfg.data.task == "retrieval":
             video_ids, captions, gt = retrieval_eval_lists(rows)
             scores, itc = retrieval_scores(model, cfg, video_ids, captions, device)
             metrics.update(retrieval_metrics(scores, gt))
@@ -92,7 +103,9 @@ def evaluate(model: ClipBert, cfg: Config, rows: Sequence[Row], device: torch.de
 def metric_names(cfg: Config, rows: Sequence[Row], mc_rows: Sequence[Row] = ()) -> set[str]:
     """The keys ``evaluate`` reports for these rows, without running a model (the metric functions applied to
     perfect predictions): what a sweep or a checkpoint ranking may name."""
-    if cfg.data.task == "retrieval":
+    if cfg.data.task == "pretrain":
+        names = set(PRETRAIN_METRICS)
+    elif cfg.data.task == "retrieval":
         _, _, gt = retrieval_eval_lists(rows)
         names = set(retrieval_metrics(np.eye(len(gt), int(gt.max()) + 1), gt))
         if cfg.model.contrastive:

@@ -15,7 +15,9 @@ Frames are decoded, resized (longer side <= ``max_side``, never upscaled) and su
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 import shutil
 import threading
@@ -30,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import simplejpeg
 
+logger = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 HEADER_FILE = "store.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -37,6 +41,8 @@ SHARDS_DIR = "shards"
 PART_FILE = "rows.parquet"
 MAX_KEY_BYTES = 500  # LMDB's key limit is 511 bytes; the frame suffix takes 7
 MAP_SIZE = 1 << 40  # virtual: LMDB only reserves address space
+MAX_MAP_SIZE = 1 << 44  # a shard whose map is full is grown by doubling up to this, then fails
+LOW_SPACE_BYTES = 1 << 20  # an LMDB write error with less free space than this (plus the write) is a full disk
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -123,27 +129,81 @@ def read_header(root: str | Path) -> dict:
 
 
 class ShardWriter:
-    """Writes one LMDB shard: frames of several videos, then its manifest rows (which mark it complete)."""
+    """Writes one LMDB shard: frames of several videos, then its manifest rows (which mark it complete).
 
-    def __init__(self, shard_dir: str | Path):
+    A full LMDB map is grown (doubled, up to ``max_map_size``); a full disk raises OSError(ENOSPC) naming the
+    shard. Either way a shard that fails is never marked complete, so a re-run deletes and redoes it.
+    """
+
+    def __init__(self, shard_dir: str | Path, map_size: int | None = None, max_map_size: int | None = None):
         self.dir = Path(shard_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        # no fsync per video: a shard counts only once finish() has synced it and written its rows
-        self._env = lmdb.open(str(self.dir), map_size=MAP_SIZE, subdir=True, sync=False, metasync=False)
+        map_size = map_size or MAP_SIZE  # (module values read here, so that a test can shrink them)
+        self.map_size, self.max_map_size = map_size, max(map_size, max_map_size or MAX_MAP_SIZE)
+        # No fsync per video: a shard counts only once finish() has synced it and written its rows. No lock file:
+        # one task writes a shard and readers come after its rows (lock=False), and a lock file that LMDB maps and
+        # writes through memory would crash the process (SIGBUS) instead of raising when the disk is full.
+        self._env = _lmdb_call(self.dir, 0, lambda: lmdb.open(
+            str(self.dir), map_size=map_size, subdir=True, sync=False, metasync=False, lock=False))
 
     def put_video(self, video_id: str, jpegs: Sequence[bytes]) -> None:
-        """Store all frames of one video in one transaction."""
+        """Store all frames of one video in one transaction (growing a full map)."""
+        size = sum(len(j) for j in jpegs)
+        while True:
+            try:
+                return _lmdb_call(self.dir, size, lambda: self._put(video_id, jpegs))
+            except lmdb.MapFullError:
+                self._grow(size)
+
+    def _put(self, video_id: str, jpegs: Sequence[bytes]) -> None:
         with self._env.begin(write=True) as txn:
             for i, data in enumerate(jpegs):
                 txn.put(frame_key(video_id, i), data)
 
+    def _grow(self, needed: int) -> None:
+        if self.map_size * 2 > self.max_map_size:
+            raise OSError(errno.ENOSPC, f"LMDB map of frame-store shard {self.dir} full at {self.map_size} bytes "
+                          f"(limit {self.max_map_size}; a video needed {needed} more): store fewer videos per shard",
+                          str(self.dir))
+        self.map_size *= 2
+        logger.info("LMDB map of shard %s full: grown to %d bytes", self.dir.name, self.map_size)
+        self._env.set_mapsize(self.map_size)
+
     def finish(self, rows: pa.Table) -> None:
         """Flush the LMDB environment, then write the shard's manifest rows atomically."""
-        self._env.sync(True)
+        _lmdb_call(self.dir, 0, lambda: self._env.sync(True))
         self._env.close()
         buf = pa.BufferOutputStream()
         pq.write_table(rows.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), buf)
         _atomic_write_bytes(self.dir / PART_FILE, buf.getvalue().to_pybytes())
+
+    def abort(self) -> None:
+        """Close the environment without marking the shard complete (a re-run deletes it)."""
+        self._env.close()
+
+
+def _lmdb_call(shard_dir: Path, size: int, fn):
+    """``fn()``; an LMDB error on a (nearly) full disk becomes OSError(ENOSPC) naming the shard: LMDB reports a
+    short write as "Input/output error", which names neither the cause nor the place."""
+    try:
+        return fn()
+    except lmdb.MapFullError:
+        raise
+    except (lmdb.Error, OSError) as e:
+        free = free_bytes(shard_dir)
+        if free is not None and free < size + LOW_SPACE_BYTES:
+            raise OSError(errno.ENOSPC, f"No space left on device writing frame-store shard {shard_dir} ({free} "
+                          f"bytes free; LMDB: {e})", str(shard_dir)) from e
+        raise
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes free to this user on the filesystem holding ``path`` (None if it cannot be told)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def shard_dirs(root: str | Path) -> list[Path]:
@@ -294,9 +354,17 @@ _SHARDS = _OpenShards()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file and a rename: readers see the old file or the whole new one. On
+    failure (a full disk) the temporary file is removed and the error names ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e

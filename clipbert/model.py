@@ -179,6 +179,20 @@ class ProjectionHead(nn.Module):
         return self.out(F.gelu(self.dense(self.LayerNorm(x))))
 
 
+class MaskedLMHead(nn.Module):
+    """BERT's MLM prediction head: dense -> GELU -> LayerNorm -> decoder tied to the word embeddings, plus a bias."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        """hidden (P, D), word embedding table (vocab, D) -> token logits (P, vocab)."""
+        return F.linear(self.LayerNorm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+
+
 class ClipBertOutput(NamedTuple):
     """forward(..., return_embeddings=True) result."""
 
@@ -188,13 +202,27 @@ class ClipBertOutput(NamedTuple):
     logit_scale: torch.Tensor  # () InfoNCE multiplier exp(log_scale), clamped to <= 100
 
 
+class PretrainOutput(NamedTuple):
+    """forward(..., mlm_mask=...) result: the pretraining heads' logits, and the contrastive embeddings when asked."""
+
+    mlm_logits: torch.Tensor  # (P, vocab) at the P masked text positions, in (B, K, N, L) order
+    itm_logits: torch.Tensor  # (B, K, N, 2) per-clip image-text matching logits
+    video_embeds: torch.Tensor | None = None  # (B, E) L2-normalised image (clip) embeddings
+    text_embeds: torch.Tensor | None = None  # (B, E) L2-normalised embeddings of embed_text
+    logit_scale: torch.Tensor | None = None  # () InfoNCE multiplier
+
+
 def aggregate_clip_embeddings(clip_embeds: torch.Tensor) -> torch.Tensor:
     """(B, N, E) normalised clip embeddings -> (B, E): mean over clips, L2-renormalised."""
     return F.normalize(clip_embeds.mean(1), dim=-1)  # (B, E)
 
 
 class ClipBert(nn.Module):
-    """ClipBERT with one task head ("itm", "mc" or "qa") and optional contrastive heads."""
+    """ClipBERT with one task head ("itm", "mc", "qa" or "pretrain") and optional contrastive heads.
+
+    The "pretrain" head is the original's ``BertPreTrainingHeads``: a 2-way ITM layer on the pooled output (as
+    ``classifier``) and an MLM head on the text positions (``mlm_head``); finetuning from such a checkpoint
+    starts its own task head afresh (the pretrained ITM layer is not reused, as in the original)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -205,7 +233,12 @@ class ClipBert(nn.Module):
         self.visual_embeddings = VisualInputEmbedding(cfg)
         self.embedding_dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
-        self.classifier = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, self.num_labels))
+        if cfg.head == "pretrain":
+            self.classifier = nn.Linear(d, 2)  # seq_relationship: ITM on the pooled output
+            self.mlm_head = MaskedLMHead(cfg)
+            init_bert_style(self.mlm_head)
+        else:
+            self.classifier = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, self.num_labels))
         init_bert_style(self.visual_embeddings)
         init_bert_style(self.classifier)
         if cfg.contrastive:
@@ -218,8 +251,8 @@ class ClipBert(nn.Module):
 
     @property
     def num_labels(self) -> int:
-        """C: 2 for "itm", 1 for "mc", num_answers for "qa"."""
-        return {"itm": 2, "mc": 1, "qa": self.cfg.num_answers}[self.cfg.head]
+        """C: 2 for "itm" and "pretrain", 1 for "mc", num_answers for "qa"."""
+        return {"itm": 2, "pretrain": 2, "mc": 1, "qa": self.cfg.num_answers}[self.cfg.head]
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute BERT layers and the trainable ResNet stages in the backward pass (saves activation memory)."""
@@ -282,6 +315,15 @@ class ClipBert(nn.Module):
     def score_grid(self, grid: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Clip grids (B, N, h, w, D) x texts (B, K, L) -> per-clip logits (B, K, N, C), one BERT pass."""
         b, n = grid.shape[:2]
+        _, pooled = self.cross_encode(grid, input_ids, attention_mask)  # (B*K*N, D)
+        logits = self.classifier(self.dropout(pooled))  # (B*K*N, C)
+        return logits.view(b, input_ids.shape[1], n, -1)  # (B, K, N, C)
+
+    def cross_encode(self, grid: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip grids (B, N, h, w, D) x texts (B, K, L) -> hidden states (B*K*N, L+V, D) of every (text, clip)
+        sequence, text positions first, and their pooled outputs (B*K*N, D)."""
+        b, n = grid.shape[:2]
         k, length = input_ids.shape[1:]
         d = grid.shape[-1]
         visual = self.visual_embeddings(grid.flatten(0, 1))  # (B*N, V, D)
@@ -294,9 +336,7 @@ class ClipBert(nn.Module):
         text_mask = attention_mask[:, :, None, :].expand(b, k, n, length)  # (B, K, N, L)
         visual_mask = attention_mask.new_ones(b, k, n, v)  # (B, K, N, V)
         mask = torch.cat([text_mask, visual_mask], dim=3).view(b * k * n, length + v)  # (B*K*N, L+V)
-        _, pooled = self.encode_sequence(embeds, mask)  # (B*K*N, D)
-        logits = self.classifier(self.dropout(pooled))  # (B*K*N, C)
-        return logits.view(b, k, n, -1)  # (B, K, N, C)
+        return self.encode_sequence(embeds, mask)  # (B*K*N, L+V, D), (B*K*N, D)
 
     def forward(
         self,
@@ -306,7 +346,9 @@ class ClipBert(nn.Module):
         *,
         return_embeddings: bool = False,
         hard_negatives: torch.Tensor | None = None,
-    ) -> torch.Tensor | ClipBertOutput:
+        mlm_mask: torch.Tensor | None = None,
+        embed_text: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | ClipBertOutput | PretrainOutput:
         """Score K texts against the N clips of each of B videos.
 
         Args:
@@ -319,12 +361,23 @@ class ClipBert(nn.Module):
                 return_embeddings), two in-batch negatives per row are scored too and appended to the K texts:
                 text 0 of another row drawn for video i, and text 0 of row i against the clips of another video,
                 both drawn with probability softmax(contrastive similarity) over the other videos (ALBEF).
+            mlm_mask: (B, K, L) bool, pretraining only: True at the text positions whose token is predicted.
+            embed_text: pretraining with return_embeddings: the (B, L) ids and mask of the text embedded for each
+                image (an unmasked caption of it).
 
         Returns:
-            per-clip logits (B, K, N, C), or a ClipBertOutput when return_embeddings.
+            per-clip logits (B, K, N, C), or a ClipBertOutput when return_embeddings, or with mlm_mask a
+            PretrainOutput.
         """
         self._check_text(input_ids, attention_mask, frames.shape[0] if frames.ndim == 6 else -1)
         grid = self.encode_grid(frames)  # (B, N, h, w, D)
+        if mlm_mask is not None:
+            mlm_logits, itm_logits = self.pretrain_logits(grid, input_ids, attention_mask, mlm_mask)
+            if not return_embeddings:
+                return PretrainOutput(mlm_logits, itm_logits)
+            video = aggregate_clip_embeddings(self.embed_grid(grid))  # (B, E)
+            text = self.encode_text(*embed_text)  # (B, E)
+            return PretrainOutput(mlm_logits, itm_logits, video, text, self.logit_scale.exp().clamp(max=100.0))
         logits = self.score_grid(grid, input_ids, attention_mask)  # (B, K, N, C)
         if not return_embeddings:
             return logits
@@ -336,6 +389,21 @@ class ClipBert(nn.Module):
                                                   hard_negatives, scale)  # (B, 2, N, C)
             logits = torch.cat([logits, negatives], dim=1)  # (B, K+2, N, C)
         return ClipBertOutput(logits, video, text, scale)
+
+    def pretrain_logits(self, grid: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        mlm_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grids (B, N, h, w, D) x texts (B, K, L) -> (MLM logits (P, vocab) at the P True positions of mlm_mask
+        (B, K, L) for each of the N clips, in (B, K, N, L) order; ITM logits (B, K, N, 2)), one BERT pass."""
+        if self.cfg.head != "pretrain":
+            raise RuntimeError(f"pretraining outputs need model.head='pretrain', this model has {self.cfg.head!r}")
+        b, n = grid.shape[:2]
+        k, length = input_ids.shape[1:]
+        hidden, pooled = self.cross_encode(grid, input_ids, attention_mask)  # (B*K*N, L+V, D), (B*K*N, D)
+        picked = mlm_mask[:, :, None, :].expand(b, k, n, length).reshape(b * k * n, length)  # (B*K*N, L)
+        text_hidden = hidden[:, :length][picked]  # (P, D)
+        mlm_logits = self.mlm_head(text_hidden, self.bert.embeddings.word_embeddings.weight)  # (P, vocab)
+        itm_logits = self.classifier(self.dropout(pooled)).view(b, k, n, 2)  # (B, K, N, 2)
+        return mlm_logits, itm_logits
 
     def hard_negative_logits(self, grid: torch.Tensor, video: torch.Tensor, text: torch.Tensor,
                              input_ids: torch.Tensor, attention_mask: torch.Tensor, same_video: torch.Tensor,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from clipbert.config import Config
 from clipbert.frames import SHARDS_DIR, FrameStore
 
-ANNOTATION_KEYS = ("train_file", "val_file", "test_file", "val_mc_file", "ans2label_file")
+ANNOTATION_KEYS = ("train_file", "val_file", "test_file", "val_mc_file", "test_mc_file", "ans2label_file")
 REQUIRED_ANNOTATIONS = ("train_file", "val_file")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a from_pretrained directory holds
 
@@ -109,16 +111,17 @@ def _check_remote_file(key: str, uri: str, what: str) -> None:
 def check_weights(cfg: Config) -> None:
     """model.init_checkpoint, model.bert_dir and model.resnet_dir, when set, hold readable weights."""
     if cfg.model.init_checkpoint:
-        check_init_checkpoint(cfg.model.init_checkpoint)
+        check_init_checkpoint(cfg.model.init_checkpoint, cfg)
     for key in ("bert_dir", "resnet_dir"):
         directory = getattr(cfg.model, key)
         if directory:
             _check_pretrained_dir(f"model.{key}", directory)
 
 
-def check_init_checkpoint(path: str) -> None:
-    """One of our checkpoint directories or an original ClipBERT .pt whose tensors map onto the model."""
-    from clipbert.checkpoint import WEIGHTS_NAME, map_original_key, read_state_dict
+def check_init_checkpoint(path: str, cfg: Config | None = None) -> None:
+    """One of our checkpoint directories or an original ClipBERT .pt whose tensors map onto the model; with ``cfg``,
+    one of our checkpoints must also fit the configured model's shapes (checked on a weightless "meta" model)."""
+    from clipbert.checkpoint import WEIGHTS_NAME, map_original_key, mismatch_message, read_state_dict, shape_mismatches
 
     key, p = "model.init_checkpoint", Path(path)
     if not p.exists():
@@ -134,6 +137,13 @@ def check_init_checkpoint(path: str) -> None:
     if not p.is_dir() and not any(map_original_key(k)[0] for k in state):
         raise InputError(f"{key}: {weights}: none of its {len(state)} tensors is a ClipBERT weight "
                          f"(e.g. {next(iter(state))!r})")
+    if p.is_dir() and cfg is not None:
+        from clipbert.model import ClipBert
+
+        with torch.device("meta"):
+            targets = ClipBert(cfg.model).state_dict()
+        if wrong := shape_mismatches(state, targets):
+            raise InputError(mismatch_message(path, wrong))
 
 
 def _check_pretrained_dir(key: str, directory: str) -> None:

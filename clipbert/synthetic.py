@@ -98,6 +98,22 @@ QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {  # answer_type -> templates o
     ),
 }
 
+# Captions of stills (clipbert.synthetic_images): what one picture shows, without time. {c}/{s}/{d} describe one
+# shape, {edge} the image edge nearest to it; the *_PAIR templates describe two shapes.
+STILL_TEMPLATES: tuple[str, ...] = (
+    "a {c} {s} moves {d}",
+    "a {c} {s} moving {d}",
+    "the {s} is {c} and goes {d}",
+    "a {c} {s} near the {edge} edge",
+    "a {c} {s}",
+)
+STILL_PAIR_TEMPLATES: tuple[str, ...] = (
+    "a {c0} {s0} moves {d0} and a {c1} {s1} moves {d1}",
+    "a {c0} {s0} and a {c1} {s1}",
+    "a {c0} {s0} moves {d0} next to a {c1} {s1}",
+)
+EDGES: tuple[str, ...] = ("top", "bottom", "left", "right")
+
 CODEC_ALIASES = {
     "h264": "libx264", "x264": "libx264", "vp9": "libvpx-vp9", "av1": "libsvtav1", "svtav1": "libsvtav1",
 }
@@ -303,11 +319,12 @@ def tokenize_words(text: str) -> list[str]:
 def vocabulary_words() -> list[str]:
     """Every token that any caption, option or question of the generator can contain, sorted."""
     fills = {k: " ".join(v) for k, v in ATTRIBUTES.items()}
-    texts = [CAPTION_TEMPLATE, PARAPHRASE_TEMPLATE, *itertools.chain(*QUESTION_TEMPLATES.values())]
+    texts = [CAPTION_TEMPLATE, PARAPHRASE_TEMPLATE, *itertools.chain(*QUESTION_TEMPLATES.values()),
+             *STILL_TEMPLATES, *STILL_PAIR_TEMPLATES]
     words = set()
     for text in texts:
         filled = text.format(c0=fills["color"], s0=fills["shape"], d0=fills["direction"],
-                             c1="", s1="", d1="", **fills)
+                             c1="", s1="", d1="", c="", s="", d="", edge=" ".join(EDGES), **fills)
         words.update(tokenize_words(filled))
     return sorted(words)
 
@@ -429,7 +446,7 @@ def _track(spec: VideoSpec, event: Event) -> _Track:
     return _Track(start=(c, a0), end=(c, a1), step=(0.0, -dy * TRAIL_STEP * s))
 
 
-def _composite(spec: VideoSpec, mask: np.ndarray, centre: tuple[float, float],
+def shape_alpha(height: int, width: int, mask: np.ndarray, centre: tuple[float, float],
                step: tuple[float, float]) -> tuple[int, int, np.ndarray]:
     """Alpha of the shape and its trail over their bounding box, clipped to the frame.
 
@@ -442,8 +459,8 @@ def _composite(spec: VideoSpec, mask: np.ndarray, centre: tuple[float, float],
     corners = [(int(round(cy - s / 2)), int(round(cx - s / 2))) for _, (cx, cy) in copies]
     y0 = max(0, min(c[0] for c in corners))
     x0 = max(0, min(c[1] for c in corners))
-    y1 = min(spec.height, max(c[0] for c in corners) + s)
-    x1 = min(spec.width, max(c[1] for c in corners) + s)
+    y1 = min(height, max(c[0] for c in corners) + s)
+    x1 = min(width, max(c[1] for c in corners) + s)
     transmit = np.ones((max(0, y1 - y0), max(0, x1 - x0)), np.float32)  # (h, w) light passing through
     for (alpha, _), (cy, cx) in zip(copies, corners):
         ty0, tx0, ty1, tx1 = max(cy, y0), max(cx, x0), min(cy + s, y1), min(cx + s, x1)
@@ -464,7 +481,7 @@ def iter_layers(spec: VideoSpec) -> Iterator[tuple[int, int, int, np.ndarray]]:
             p = (t - start) / span
             centre = (track.start[0] + p * (track.end[0] - track.start[0]),
                       track.start[1] + p * (track.end[1] - track.start[1]))
-            y0, x0, alpha = _composite(spec, masks[ev], centre, track.step)
+            y0, x0, alpha = shape_alpha(spec.height, spec.width, masks[ev], centre, track.step)
             yield ev, y0, x0, alpha
 
 

@@ -23,6 +23,7 @@ from clipbert.config import Config, config_from_dict
 from clipbert.evaluation import evaluate
 from clipbert.losses import contrastive_loss, task_loss
 from clipbert.model import apply_lr, build_optimizer
+from clipbert.pretraining import pretrain_loss
 from clipbert.scoring import autocast
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,10 @@ def _restore(ckpt, model: torch.nn.Module, optimizer, scaler, device: torch.devi
 
 def batch_loss(model, cfg: Config, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The training loss of one batch (make_batch's columns): the task head's loss with clip consensus, plus the
-    weighted InfoNCE loss when the model has contrastive heads."""
+    weighted InfoNCE loss when the model has contrastive heads; for pretraining (make_pretrain_batch's columns) the
+    MLM + ITM loss."""
+    if cfg.data.task == "pretrain":
+        return pretrain_loss(model, cfg, batch)
     frames, ids, mask = batch["frames"], batch["input_ids"], batch["attention_mask"]
     labels = None if cfg.model.head == "itm" else batch["label"]
     if not cfg.model.contrastive:

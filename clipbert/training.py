@@ -26,6 +26,7 @@ from clipbert.config import Config, config_to_dict
 from clipbert.data import LoadReport, Row, build_ans2label, load_annotations, load_ans2label
 from clipbert.evaluation import evaluate
 from clipbert.preflight import check_inputs, one_line
+from clipbert.pretraining import make_pretrain_batch
 from clipbert.train_loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class TaskData:
     test: list[Row]  # held-out rows, read once at the end of a run (empty when data.test_file is not set)
     num_answers: int  # QA label count (0 for other tasks)
     reports: list[LoadReport] = dataclasses.field(default_factory=list)  # what each annotation file kept/skipped
+    test_mc: list[Row] = dataclasses.field(default_factory=list)  # held-out multiple-choice rows (data.test_mc_file)
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -60,6 +62,8 @@ def prepare_task(cfg: Config) -> TaskData:
             usable row.
     """
     known = set(check_inputs(cfg).ids())
+    if cfg.data.task == "pretrain":
+        return _pretrain_task(cfg, known)
     ans2label = None
     if cfg.data.task == "qa":
         if cfg.data.ans2label_file:
@@ -81,7 +85,25 @@ def prepare_task(cfg: Config) -> TaskData:
     if cfg.data.test_file:
         test, test_report = load_annotations(cfg.data.test_file, known_video_ids=known, ans2label=ans2label)
         reports.append(test_report)
-    return TaskData(train, val, val_mc, test, len(ans2label) if ans2label else 0, reports)
+    test_mc = []
+    if cfg.data.test_mc_file:
+        test_mc, test_mc_report = load_annotations(cfg.data.test_mc_file, known_video_ids=known)
+        reports.append(test_mc_report)
+    return TaskData(train, val, val_mc, test, len(ans2label) if ans2label else 0, reports, test_mc)
+
+
+def _pretrain_task(cfg: Config, known: set[str]) -> TaskData:
+    """Caption rows of image-text pretraining: training captions grouped per image (clipbert.pretraining), held-out
+    captions one per row."""
+    from clipbert.pretraining import group_captions
+
+    train, train_report = load_annotations(cfg.data.train_file, known_video_ids=known)
+    val, val_report = load_annotations(cfg.data.val_file, known_video_ids=known)
+    groups = group_captions(train, cfg.data.caption_group_size, np.random.default_rng(cfg.train.seed))
+    for rows, what in ((groups, cfg.data.train_file), (val, cfg.data.val_file)):
+        if len({r["video_id"] for r in rows}) < 2:
+            raise ValueError(f"{what}: mismatched captions need captions of at least two images")
+    return TaskData(groups, val, [], [], 0, [train_report, val_report])
 
 
 def keep_idle_workers(minimum: int = 32) -> None:
@@ -155,7 +177,10 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     cpus_per_worker, data_cpus = worker_resources(cfg, cluster)
     steps_per_epoch, total_steps = schedule(cfg, len(task.train), cfg.train.num_workers)
     cfg_dict = config_to_dict(cfg)
-    negatives = (np.array([r["video_id"] for r in task.train]), np.array([r["texts"][0] for r in task.train]))
+    negatives = None  # the captions that mismatched (negative) captions are drawn from
+    if cfg.data.task in ("retrieval", "pretrain"):
+        pairs = [(r["video_id"], t) for r in task.train for t in r["texts"]]
+        negatives = (np.array([v for v, _ in pairs]), np.array([t for _, t in pairs]))
     rows = [{k: r[k] for k in ("example_id", "video_id", "texts", "label")} for r in task.train]
     # The shuffle re-runs every epoch and its tasks scale with the block count: from_items' default of one block per
     # row (up to 200) costs seconds per epoch on small data. Blocks of a few batches keep it cheap; make_batch tasks
@@ -163,7 +188,8 @@ def build_trainer(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     # default of 1 CPU they fit no node where the workers hold part of the only CPU, and the run would wait forever.
     num_blocks = max(1, min(MAX_BLOCKS, math.ceil(len(rows) / (cfg.optim.batch_size * BATCHES_PER_BLOCK))))
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks).random_shuffle(seed=None, num_cpus=data_cpus)
-    ds = ds.map_batches(make_batch, batch_size=cfg.optim.batch_size, num_cpus=data_cpus,
+    ds = ds.map_batches(make_pretrain_batch if cfg.data.task == "pretrain" else make_batch,
+                        batch_size=cfg.optim.batch_size, num_cpus=data_cpus,
                         fn_kwargs={"cfg": cfg_dict, "train": True, "negatives": negatives})
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     loop_config = {
@@ -212,16 +238,26 @@ def check_answers(cfg: Config, task: TaskData) -> None:
 def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
                    cluster: dict[str, float] | None = None, callbacks: Sequence = ()) -> dict[str, Any]:
     """Fit; export the checkpoint chosen on validation to STORAGE/NAME/best/; evaluate it once on the test rows;
-    write STORAGE/NAME/final_metrics.json: ``val`` (the chosen evaluation's metrics) and ``test`` side by side."""
+    write STORAGE/NAME/final_metrics.json: ``val`` (the chosen evaluation's metrics) and ``test`` side by side.
+
+    A run that resumes (same storage and name) first drops a newest checkpoint that cannot be loaded (see
+    ``drop_corrupt_checkpoints``). A storage error of the run (a full disk) is raised as one OSError naming the path.
+    """
+    drop_corrupt_checkpoints(storage_path, name)
     trainer = build_trainer(cfg, task, storage_path=storage_path, name=name, cluster=cluster, callbacks=callbacks)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray Train raises the run's error after its retries
+        _raise_storage_error(e, storage.join(storage_path, name))
+        raise
     if result.error:
+        _raise_storage_error(result.error, storage.join(storage_path, name))
         raise result.error
     best_ckpt, best_metrics = best_checkpoint(result, cfg.train.metric, cfg.train.metric_mode)
     best_dir = storage.join(storage_path, name, "best")
     with best_ckpt.as_directory() as src:
         storage.replace_dir(src, best_dir, (WEIGHTS_NAME, CONFIG_NAME))
-    test = evaluate_test_split(cfg, task.test, best_ckpt, worker_resources(cfg, cluster)[0])
+    test = evaluate_test_split(cfg, task.test, best_ckpt, worker_resources(cfg, cluster)[0], task.test_mc)
     final = {"metric": cfg.train.metric, "val": best_metrics, "test": test, "step": best_metrics.get("step"),
              "checkpoint": best_ckpt.path, "exported": best_dir, "last": result.metrics}
     storage.write_bytes(storage.join(storage_path, name, "final_metrics.json"),
@@ -232,7 +268,8 @@ def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     return final
 
 
-def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: float) -> dict[str, float] | None:
+def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: float,
+                        mc_rows: Sequence[Row] = ()) -> dict[str, float] | None:
     """The task's metrics of a reported ``ray.train.Checkpoint`` on held-out rows (dense inference, as validation),
     computed once, in a Ray task with a training worker's resources (a GPU when the run trains on GPUs), which reads
     the checkpoint from the run's storage; None without rows."""
@@ -243,15 +280,16 @@ def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: floa
     # "DEFAULT": outside the placement group of a sweep trial, which holds only its own function's sliver of CPU
     task = ray.remote(_evaluate_checkpoint).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0,
                                                     scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(cfg, list(rows), checkpoint, max(1, math.ceil(cpus))))
+    return ray.get(task.remote(cfg, list(rows), checkpoint, max(1, math.ceil(cpus)), list(mc_rows)))
 
 
-def _evaluate_checkpoint(cfg: Config, rows: list[Row], checkpoint, threads: int) -> dict[str, float]:
+def _evaluate_checkpoint(cfg: Config, rows: list[Row], checkpoint, threads: int,
+                         mc_rows: list[Row]) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
     with checkpoint.as_directory() as directory:
         model, _ = load_checkpoint(directory, map_location=device)
-    return evaluate(model, cfg, rows, device)
+    return evaluate(model, cfg, rows, device, mc_rows=mc_rows)
 
 
 def best_checkpoint(result, metric: str, mode: str):
@@ -271,3 +309,82 @@ def check_storage(storage_path: str) -> None:
     except Exception as e:  # OSError locally; pyarrow raises OSError or ArrowException subclasses for URIs
         reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
         raise PermissionError(f"--storage-path {storage_path} is not writable: {reason}") from None
+
+
+def _raise_storage_error(error: BaseException, run: str) -> None:
+    """A run that failed on storage (a full disk) ends with one OSError naming the path: the error behind ``error``
+    (a worker's, found through Ray Train's wrappers), or nothing happens."""
+    cause = storage.os_error_in(error)
+    if cause is None:
+        return
+    where = "" if run in cause.strerror else f" (in run {run})"  # Ray's checkpoint upload errors name no file
+    raise OSError(cause.errno, f"{cause.strerror}{where}; checkpoints reported before it are kept: fix that, then "
+                  "re-run the same command to resume from the last one") from error
+
+
+# ------------------------------------------------------------------------------- resuming from a good checkpoint
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints (Ray 2.60 format)
+CORRUPT_DIR = "corrupt_checkpoints"  # where a run's unreadable checkpoints are moved, for inspection
+
+
+def drop_corrupt_checkpoints(storage_path: str, name: str) -> list[str]:
+    """Before a run resumes: make Ray Train restore the newest checkpoint that can be loaded.
+
+    Ray Train V2 restores the latest checkpoint of its snapshot (STORAGE/NAME/checkpoint_manager_snapshot.json)
+    whatever its state on disk; a truncated or overwritten one would fail every restart. While the newest one
+    (by reported step) cannot be loaded (``checkpoint.checkpoint_problem``), this logs a warning naming it and the
+    reason, moves it to STORAGE/NAME/corrupt_checkpoints/ and removes it from the snapshot, so the previous good
+    one is restored. Returns the dropped checkpoint directory names (none for a new run).
+    """
+    from clipbert.checkpoint import checkpoint_problem
+    from clipbert.train_loop import STATE_NAME
+
+    run = storage.join(storage_path, name)
+    try:
+        snapshot = json.loads(storage.read_bytes(storage.join(run, RAY_SNAPSHOT)))
+    except FileNotFoundError:
+        return []
+    dropped: list[str] = []
+    while snapshot.get("latest_checkpoint_result"):
+        latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        problem = checkpoint_problem(storage.join(run, latest), (STATE_NAME,))
+        if problem is None:
+            break
+        _forget_checkpoint(snapshot, latest)
+        fallback = snapshot["latest_checkpoint_result"]
+        logger.warning("checkpoint %s of run %s is corrupt (%s): moved to %s/; resuming from %s", latest, run,
+                       problem, CORRUPT_DIR, fallback["checkpoint_dir_name"] if fallback else "the start (no "
+                       "other checkpoint is left)")
+        _move_aside(run, latest)
+        dropped.append(latest)
+    if dropped:
+        storage.write_bytes(storage.join(run, RAY_SNAPSHOT), json.dumps(snapshot).encode())
+    return dropped
+
+
+def _forget_checkpoint(snapshot: dict, dir_name: str) -> None:
+    """Remove a checkpoint from a Ray Train snapshot; the newest remaining one (by step) becomes the latest."""
+    keep = [i for i, r in enumerate(snapshot["checkpoint_results"]) if r["checkpoint_dir_name"] != dir_name]
+    snapshot["checkpoint_results"] = [snapshot["checkpoint_results"][i] for i in keep]
+    snapshot["checkpoint_report_indices"] = [snapshot["checkpoint_report_indices"][i] for i in keep]
+    pending = [i for i, r in enumerate(snapshot.get("pending_training_results", []))
+               if r["checkpoint_dir_name"] != dir_name]
+    snapshot["pending_training_results"] = [snapshot["pending_training_results"][i] for i in pending]
+    snapshot["pending_validation_specs"] = [snapshot["pending_validation_specs"][i] for i in pending]
+    for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                "failed_validation_checkpoint_dir_names"):
+        snapshot[key] = [d for d in snapshot.get(key, []) if d != dir_name]
+    newest = max(zip(snapshot["checkpoint_results"], snapshot["checkpoint_report_indices"]), default=None,
+                 key=lambda ri: (ri[0]["metrics"].get("step", -1), ri[1]))
+    snapshot["latest_checkpoint_result"] = newest[0] if newest else None
+
+
+def _move_aside(run: str, dir_name: str) -> None:
+    """Move RUN/dir_name to RUN/corrupt_checkpoints/dir_name (left in place, with a warning, if that fails)."""
+    fsys, inner = storage.resolve(storage.join(run, dir_name))
+    target = storage.resolve(storage.join(run, CORRUPT_DIR, dir_name))[1]
+    try:
+        fsys.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        fsys.move(inner, target)
+    except Exception as e:  # e.g. stores that cannot rename directories: the snapshot no longer names it anyway
+        logger.warning("could not move %s aside (%s): it stays where it is", inner, e)

@@ -7,7 +7,8 @@ Usage:
     ray job submit --working-dir . -- python jobs/preprocess.py --videos s3://bucket/videos --output /shared/frames
 
 Re-running on the same --output skips stored videos and finishes the rest. Exits 0 when at least one
-video is stored; 1 when every video failed; 2 on bad arguments.
+video is stored; 1 when every video failed, or when the run stopped on a storage error (a full disk: one line
+names the path; what was finished is kept, and re-running after the fix completes the store); 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
+    except OSError as e:  # a full disk or another storage error, with the path
+        logger.error("%s", e)
+        return 1
     for line in summary.lines():
         print(line)
     return 0 if summary.store_ok > 0 else 1

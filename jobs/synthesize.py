@@ -1,14 +1,18 @@
-"""Write a synthetic two-event moving-shape video corpus with ClipBERT-format annotations.
+"""Write a synthetic two-event moving-shape video corpus with ClipBERT-format annotations, or (--images) a corpus of
+captioned stills of the same world for image-text pretraining.
 
 Usage:
     python jobs/synthesize.py --output data/synthetic --videos 500 --seed 0
     python jobs/synthesize.py --output data/synthetic --videos 600 --seed 0 --splits 400,100,100 --workers 2
     python jobs/synthesize.py --output data/mixed --videos 100 --seed 1 --mixed-formats   # + GIF and VP9 webm
     ray job submit --working-dir . -- python jobs/synthesize.py --output /shared/synthetic --videos 500
+    python jobs/synthesize.py --output data/stills --images 3000 --val-images 100 --seed 7   # image-caption corpus
 
 Writes DIR/videos/<video_id>.<mp4|webm|gif>, DIR/txt/{retrieval,mc,qa}_{train,val,test}.jsonl,
 DIR/txt/qa_ans2label.json, DIR/txt/vocab_words.txt and DIR/corpus.json. The same arguments give the same
-bytes (whatever --workers). Exits 2 on bad arguments or an existing corpus without --overwrite.
+bytes (whatever --workers). With --images: DIR/images/<image_id>.<jpg|png>, DIR/txt/pretrain_{train,val}.jsonl
+(COCO caption format: {"coco_id", "caption"}, several captions per image) and the same tokenizer as the videos'
+(clipbert/synthetic_images.py). Exits 2 on bad arguments or an existing corpus without --overwrite.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="encoding processes (default: CPUs, at most 4; the output does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus already in --output")
+    p.add_argument("--images", type=int, default=None, help="write this many captioned stills instead of videos")
+    p.add_argument("--val-images", type=int, default=100, help="of --images, held out for validation")
+    p.add_argument("--captions-per-image", type=int, default=5)
     return p.parse_args(argv)
 
 
@@ -69,9 +76,26 @@ def _split_counts(args: argparse.Namespace) -> tuple[int, int | None, int | None
     return total, args.splits[1], args.splits[2]
 
 
+def images_main(args: argparse.Namespace) -> int:
+    from clipbert.synthetic_images import synthesize_images
+
+    try:
+        specs = synthesize_images(args.output, n_images=args.images, val_images=args.val_images, seed=args.seed,
+                                  captions_per_image=args.captions_per_image, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as e:
+        logger.error("%s", e)
+        return 2
+    captions = sum(len(s.captions) for s in specs)
+    print(f"images: {len(specs)} (train {len(specs) - args.val_images}, val {args.val_images}); {captions} captions")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    if args.images is not None:
+        return images_main(args)
     try:
         n_videos, val_videos, test_videos = _split_counts(args)
         info = synthesize_corpus(

@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, task: str | None = None) -> int:
+    """Run the job; ``task``: the data.task the config must have (jobs/pretrain.py passes "pretrain")."""
     args = parse_args(argv)
     setup_logging()
     overrides = list(args.set)
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
+        return 2
+    if task is not None and cfg.data.task != task:
+        logger.error("--config %s is a data.task=%s config; this job needs data.task=%s", args.config,
+                     cfg.data.task, task)
         return 2
     from clipbert.training import keep_idle_workers, prepare_run, run_training
 

@@ -22,6 +22,8 @@ DECODE_CHUNK = 16  # stored frames decoded per decord call (bounds memory on lon
 DECODE_BUDGET_BYTES = 256 << 20  # decoded RGB frames held at once; fewer frames per decord call when they are huge
 MAX_SOURCE_PIXELS = 100_000_000  # larger frames are refused: one decoded RGB frame alone would take over 300 MB
 STREAM_ABOVE_PIXELS = 4096 * 4096  # larger frames are decoded by PyAV one at a time (decord holds several: GBs)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})  # stills, stored as 1-frame videos (image-text pretraining)
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: how a still is known when only its bytes are
 
 
 @dataclasses.dataclass
@@ -86,7 +88,8 @@ class Probe:
 
 
 def decode_video(source: str | bytes, options: StoreOptions) -> DecodedVideo:
-    """Decode ``source`` (a local path, or the file's bytes) into stored frames.
+    """Decode ``source`` (a local path, or the file's bytes) into stored frames; a still image (JPEG, PNG) becomes a
+    1-frame video.
 
     Rotated videos (display-matrix side data, e.g. portrait phone videos) are decoded by PyAV and turned upright,
     and so are huge frames (streamed one at a time: memory stays under about 1 GB at 8000x8000); frames are picked
@@ -104,6 +107,8 @@ def decode_video(source: str | bytes, options: StoreOptions) -> DecodedVideo:
             raise DecodeError("empty file (0 bytes)")
     elif len(source) == 0:
         raise DecodeError("empty file (0 bytes)")
+    if is_still(source):
+        return decode_still(source, options)
     info = probe(source)
     if info is not None and (info.rotation or info.width * info.height > STREAM_ABOVE_PIXELS):
         return _decode_pyav(source, options, info.rotation)  # decord ignores the display matrix
@@ -117,6 +122,31 @@ def decode_video(source: str | bytes, options: StoreOptions) -> DecodedVideo:
             raise
         except Exception as pyav_error:
             raise DecodeError(f"not decodable: {_short(pyav_error)} (decord: {_short(decord_error)})") from None
+
+
+def is_still(source: str | bytes) -> bool:
+    """A still image: a path with an image extension, or bytes that start like a JPEG or PNG file."""
+    if isinstance(source, str):
+        return os.path.splitext(source)[1].lower() in IMAGE_EXTENSIONS
+    return source.startswith(IMAGE_MAGIC)
+
+
+def decode_still(source: str | bytes, options: StoreOptions) -> DecodedVideo:
+    """A JPEG or PNG as a 1-frame video at the stored frame rate, turned upright by its EXIF orientation.
+
+    Raises:
+        DecodeError: not a readable image, or larger than MAX_SOURCE_PIXELS.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
+            if image.width * image.height > MAX_SOURCE_PIXELS:
+                raise DecodeError(f"image of {image.width}x{image.height} exceeds {MAX_SOURCE_PIXELS} pixels")
+            rgb = np.array(ImageOps.exif_transpose(image).convert("RGB"))  # (H, W, 3), writable
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DecodeError(f"not a readable image: {_short(e)}") from None
+    return _encode_frames(iter([rgb]), options.fps, options.fps, 1, options)
 
 
 def probe(source: str | bytes) -> Probe | None:

@@ -4,8 +4,10 @@ Stages (each a small callable): the driver lists the ok videos not embedded yet 
 clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor pool holding the model) -> ``EmbeddingSink``
 (each write task writes one Parquet shard atomically). On GPUs, CPU tasks load the clips and one actor per GPU
 embeds them with bf16 autocast; on CPUs each actor (CPU_ACTOR_CPUS cores) loads and embeds its own batches.
-Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run loses at most its
-unfinished shards, and new videos of the store are added. A video whose frames cannot be read becomes a
+Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run (a killed driver,
+a lost node) loses at most its unfinished shards, and new videos of the store are added; a shard appears only
+whole (temporary file, then rename), and a full disk stops the run with OSError naming the path. A video whose
+frames cannot be read becomes a
 ``status=failed`` row with the reason. The output format is clipbert/embeddings.py's.
 """
 
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import Datasink
 
+from clipbert import faults, storage
 from clipbert.checkpoint import check_retrieval_checkpoint, checkpoint_hash
 from clipbert.config import Config, config_from_dict, config_to_dict
 from clipbert.embeddings import EMBED_SCHEMA, HEADER_FILE, SHARDS_DIR, read_rows, shard_paths
@@ -80,9 +83,11 @@ class Embedder:
 
     With ``load`` (the keyword arguments of ``load_clips``) the actor reads the clips of the batch's video ids
     itself: on CPUs one process per core then loads and embeds, with no frames crossing the object store.
+    ``fault``: a drill's fault spec (clipbert/faults.py), set from CLIPBERT_EMBED_FAULT by the driver.
     """
 
-    def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0, load: dict | None = None):
+    def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0, load: dict | None = None,
+                 fault: dict | None = None):
         import torch
 
         from clipbert.checkpoint import load_checkpoint
@@ -95,12 +100,15 @@ class Embedder:
         self.embed_dim = cfg.model.embed_dim
         self.precision = "bf16" if use_gpu else "fp32"
         self.load = load
+        self.fault = fault
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         from clipbert.scoring import autocast, clip_embeddings
 
+        for video_id in batch["video_id"]:
+            faults.hold_once(self.fault, str(video_id))
         if self.load is not None:
             batch = load_clips(batch, **self.load)
         ok = np.asarray([e == "" for e in batch["error"]])
@@ -139,8 +147,12 @@ class EmbeddingSink(Datasink):
         table = pa.concat_tables(tables) if tables else EMBED_SCHEMA.empty_table()
         path = Path(self.root) / SHARDS_DIR / f"{self.run_prefix}-{ctx.task_idx:05d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk: no partial shard is left to be taken for a finished one
+            tmp.unlink(missing_ok=True)
+            raise storage.with_path(e, str(path)) from e
         return {"shard": path.name, "videos": table.num_rows}
 
     def get_name(self) -> str:
@@ -216,7 +228,9 @@ def run_embed(checkpoint: str, frame_store: str, output: str, *, n_clips: int | 
     _check_header(out, header)
     ids = gallery_ids(store, video_ids)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    (out / HEADER_FILE).write_text(json.dumps(header, indent=2))
+    storage.write_bytes(str(out / HEADER_FILE), json.dumps(header, indent=2).encode())  # whole or not at all
+    for tmp in (out / SHARDS_DIR).glob(".*.tmp"):  # shards an interrupted run was writing
+        tmp.unlink()
     done = set(read_rows(out, ["video_id"]).column("video_id").to_pylist())
     todo = [v for v in ids if v not in done]
     logger.info("%d videos in the gallery, %d already embedded, %d to do", len(ids), len(ids) - len(todo), len(todo))
@@ -236,6 +250,7 @@ def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: in
     if num_actors is None:
         num_actors = int(resources["GPU"]) if use_gpu else max(1, cpus // actor_cpus)
     load = {"cfg": config_to_dict(cfg), "n_clips": n_clips}
+    fault = faults.from_env(faults.EMBED_FAULT_ENV)
     n_blocks = max(1, min(len(todo), math.ceil(len(todo) / (4 * batch_size))))
     ds = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=n_blocks)
     ds.context.op_resource_reservation_enabled = False  # no CPUs held back for stages that are not running
@@ -245,9 +260,21 @@ def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: in
                         num_gpus=1 if use_gpu else 0, num_cpus=actor_cpus,
                         fn_constructor_kwargs={"checkpoint": os.path.abspath(checkpoint), "use_gpu": use_gpu,
                                                "cpu_threads": cpu_threads or actor_cpus,
-                                               "load": None if use_gpu else load})
-    prefix = f"r{len({p.name.split('-')[0] for p in shard_paths(out)}):03d}"
-    ds.write_datasink(EmbeddingSink(str(out), prefix), ray_remote_args={"num_cpus": 0}, concurrency=1)  # light writes
+                                               "load": None if use_gpu else load, "fault": fault})
+    try:
+        ds.write_datasink(EmbeddingSink(str(out), _next_run_prefix(out)), ray_remote_args={"num_cpus": 0},
+                          concurrency=1)  # light writes
+    except Exception as e:
+        cause = storage.os_error_in(e)
+        if cause is None:
+            raise
+        raise storage.one_line_os_error(cause, "finished shards are kept: fix that, then re-run to finish") from e
+
+
+def _next_run_prefix(out: Path) -> str:
+    """``rNNN``, one past every earlier run's shards (so no run ever writes a name another run wrote)."""
+    runs = [int(p.name[1:4]) for p in shard_paths(out) if p.name[:1] == "r" and p.name[1:4].isdigit()]
+    return f"r{max(runs, default=-1) + 1:03d}"
 
 
 def _summarize(out: Path, ran: set[str], skipped: int, seconds: float) -> EmbedSummary:

@@ -4,6 +4,8 @@ Stages (each a small callable): ``list_videos`` (driver) -> ``decode_batch`` (on
 fused with the write) -> ``FrameStoreSink`` (one LMDB shard per write task; ``on_write_complete`` writes the manifest).
 Resume: shards whose rows were written survive a crash; a re-run deletes unfinished shards, skips every video
 that already has a manifest row and processes the rest, leaving the manifest a single clean run would have written.
+A task whose worker process or node dies is retried by Ray Data and rewrites the same shard. A full disk stops the
+run with OSError(ENOSPC) naming the path; the shard being written is left unfinished, so a re-run redoes it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import Datasink
 
+from clipbert import faults, storage
 from clipbert import frames as fs
 from clipbert.frames import MANIFEST_SCHEMA, StoreOptions
-from pipelines.decode import DecodeError, decode_video
+from pipelines.decode import IMAGE_EXTENSIONS, DecodeError, decode_video
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ def list_videos(spec: str | Sequence[str]) -> Listing:
     else:
         paths = list(spec)
         return Listing(_to_inputs(paths, _common_root(paths)), [])
-    videos = [p for p in paths if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS]
+    videos = [p for p in paths if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS]
     ignored = sorted(printable(p) for p in set(paths) - set(videos))
     return Listing(_to_inputs(videos, root), ignored, sorted(printable(p) for p in aliases))
 
@@ -280,24 +283,33 @@ def _decode_row(video_id: str, source: str, opts: StoreOptions, error: str = "")
 
 
 class FrameStoreSink(Datasink):
-    """Ray Data Datasink: each write task stores its videos in its own LMDB shard, then writes the shard's rows."""
+    """Ray Data Datasink: each write task stores its videos in its own LMDB shard, then writes the shard's rows.
 
-    def __init__(self, root: str, run_prefix: str):
+    ``fault``: a drill's fault spec (clipbert/faults.py), set from CLIPBERT_PREPROCESS_FAULT by the driver: the
+    write task holds before storing that video, its shard unfinished.
+    """
+
+    def __init__(self, root: str, run_prefix: str, fault: dict | None = None):
         self.root = root
         self.run_prefix = run_prefix
+        self.fault = fault
 
     def write(self, blocks: Iterable[pa.Table], ctx: Any) -> dict:
         shard = f"{self.run_prefix}-{ctx.task_idx:05d}"
         writer = fs.ShardWriter(Path(self.root) / fs.SHARDS_DIR / shard)
         rows = []
-        for block in blocks:
-            for row in block.to_pylist():
-                jpegs = row.pop("jpegs")
-                if row["status"] == "ok":
-                    writer.put_video(row["video_id"], jpegs)
-                rows.append({**row, "shard": shard})
-        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-        writer.finish(table)
+        try:
+            for block in blocks:
+                for row in block.to_pylist():
+                    jpegs = row.pop("jpegs")
+                    faults.hold_once(self.fault, row["video_id"])
+                    if row["status"] == "ok":
+                        writer.put_video(row["video_id"], jpegs)
+                    rows.append({**row, "shard": shard})
+            writer.finish(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+        except BaseException:
+            writer.abort()  # unfinished: no rows, so a re-run deletes the shard and redoes its videos
+            raise
         return {"shard": shard, "videos": len(rows)}
 
     def on_write_complete(self, write_result: Any) -> None:
@@ -308,8 +320,10 @@ class FrameStoreSink(Datasink):
 
 
 def _next_run_prefix(root: str) -> str:
-    runs = {s.name.split("-")[0] for s in fs.shard_dirs(root)}
-    return f"r{len(runs):03d}"
+    """``rNNN``, one past every run that left a shard, finished or not (so a re-run never reuses the shard names of
+    an interrupted run, whose stray tasks might still be finishing)."""
+    runs = [int(s.name[1:4]) for s in fs.shard_dirs(root) if s.name[:1] == "r" and s.name[1:4].isdigit()]
+    return f"r{max(runs, default=-1) + 1:03d}"
 
 
 def _check_options(root: str, options: StoreOptions) -> None:
@@ -352,6 +366,7 @@ def run_preprocess(
         raise ValueError(f"no videos found in {videos}")
     os.makedirs(output, exist_ok=True)
     fs.write_header(output, options)
+    run_prefix = _next_run_prefix(output)  # before unfinished shards are deleted: their names are not reused
     removed = fs.remove_incomplete_shards(output)
     if removed:
         logger.info("removed %d unfinished shards of an interrupted run: %s", len(removed), removed[:5])
@@ -365,7 +380,15 @@ def run_preprocess(
         ds = ds.map_batches(decode_batch, batch_size=1, fn_kwargs={"options": dataclasses.asdict(options)})
         # One fused decode->write operator: Ray Data's per-operator reservation would hold half the CPUs idle.
         ds.context.op_resource_reservation_enabled = False
-        ds.write_datasink(FrameStoreSink(output, _next_run_prefix(output)), concurrency=concurrency)
+        try:
+            sink = FrameStoreSink(output, run_prefix, faults.from_env(faults.PREPROCESS_FAULT_ENV))
+            ds.write_datasink(sink, concurrency=concurrency)
+        except Exception as e:
+            cause = storage.os_error_in(e)
+            if cause is None:
+                raise
+            raise storage.one_line_os_error(cause, "shards finished before it are kept: fix that, then re-run the "
+                                            "same command to finish") from e
     else:
         fs.write_manifest(output, fs.read_shard_rows(output))
     return _summarize(output, {v.video_id for v in todo}, len(listing.inputs) - len(todo), time.perf_counter() - start)

@@ -113,6 +113,18 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     return TinyCorpus(root, *(tuple(info.splits[s]) for s in ("train", "val", "test")))
 
 
+@pytest.fixture(scope="session")
+def tiny_stills(tmp_path_factory) -> Path:
+    """40 captioned stills (32 train, 8 val; clipbert.synthetic_images) with their tokenizer and frame store (1-frame
+    videos) under root/frames; returns root."""
+    from clipbert.synthetic_images import synthesize_images
+
+    root = tmp_path_factory.mktemp("tiny_stills")
+    synthesize_images(root, n_images=40, val_images=8, seed=3)
+    _build_frame_store(root / "images", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    return root
+
+
 def pick_free_port() -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket() as s:

@@ -227,3 +227,40 @@ def test_ids_that_would_escape_the_store_become_failed_rows(tmp_path, video_id, 
                         options={"fps": 4.0, "max_side": 448, "jpeg_quality": 90})
     assert rows["status"] == ["failed", "ok"] and rows["error"][0].startswith(reason)
     assert rows["jpegs"][0] == [] and len(rows["jpegs"][1]) == 4
+
+
+# ------------------------------------------------------------------------------------------------ stills
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_a_still_image_is_a_one_frame_video(tmp_path, ext):
+    from PIL import Image
+
+    from clipbert.frames import decode_jpeg
+
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    rgb[:, :200] = (200, 40, 40)
+    path = tmp_path / f"photo.{ext}"
+    Image.fromarray(rgb).save(path)
+    for source in (str(path), path.read_bytes()):  # a local path, or bytes known by their magic number
+        video = decode_video(source, StoreOptions(fps=4.0, max_side=160))
+        assert len(video.jpegs) == 1 and (video.width, video.height) == (160, 120)
+        assert (video.src_width, video.src_height, video.fps) == (400, 300, 4.0)
+        frame = decode_jpeg(video.jpegs[0])
+        assert abs(int(frame[60, 20, 0]) - 200) < 8 and frame[60, 140, 0] < 10
+
+
+def test_exif_rotated_photo_is_stored_upright(tmp_path):
+    from PIL import Image
+
+    image = Image.fromarray(np.zeros((100, 200, 3), np.uint8))  # stored landscape
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    video = decode_video(str(tmp_path / "phone.jpg"), StoreOptions(fps=4.0, max_side=448))
+    assert (video.width, video.height) == (100, 200)  # portrait, as the phone showed it
+
+
+def test_an_image_file_that_is_not_an_image_fails_with_a_reason(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff" + b"garbage" * 20)
+    with pytest.raises(DecodeError, match="not a readable image"):
+        decode_video(str(path), StoreOptions())

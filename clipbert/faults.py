@@ -1,0 +1,78 @@
+"""Fault injection for the reliability drills: hold one Ray task at a chosen video so a test can kill it.
+
+A drill sets an environment variable of the driver (``CLIPBERT_PREPROCESS_FAULT`` for pipelines/preprocess.py,
+``CLIPBERT_EMBED_FAULT`` for pipelines/embed.py) to a JSON object::
+
+    {"marker": "/tmp/drill/held.json",   # written once, atomically, by the task that holds
+     "video_id": "v3",                   # optional: hold only at this video (default: the first one reached)
+     "node_id": "ab12...",               # optional: hold only on this Ray node (default: any)
+     "release": "/tmp/drill/go",         # optional: go on once this file exists (default: never)
+     "hold_s": 120}                      # optional: the longest hold
+
+The driver reads it (``from_env``) and passes it to its tasks. The first task that reaches a matching video
+writes ``{"pid", "node_id", "video_id"}`` to ``marker`` and holds, so the test can SIGKILL that process, remove
+its node, kill the driver, or fill the disk and release it. A task that is not released within ``hold_s`` exits
+abruptly (``os._exit``). Once the marker exists no task holds again, so Ray's retry of a killed task and a re-run
+go through. Unset, nothing happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PREPROCESS_FAULT_ENV = "CLIPBERT_PREPROCESS_FAULT"
+EMBED_FAULT_ENV = "CLIPBERT_EMBED_FAULT"
+DEFAULT_HOLD_S = 120.0
+
+
+def from_env(name: str) -> dict[str, Any] | None:
+    """The fault spec in environment variable ``name`` (None when unset or empty)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    spec = json.loads(text)
+    if not isinstance(spec, dict) or "marker" not in spec:
+        raise ValueError(f"{name} must be a JSON object with a 'marker' path, got {text!r}")
+    return spec
+
+
+def hold_once(spec: dict[str, Any] | None, video_id: str) -> None:
+    """Hold this process at ``video_id`` if ``spec`` asks for it and no task has held yet (see the module doc)."""
+    if not spec or spec.get("video_id") not in (None, video_id):
+        return
+    node_id = _node_id()
+    if spec.get("node_id") not in (None, node_id):
+        return
+    marker = str(spec["marker"])
+    tmp = f"{marker}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"pid": os.getpid(), "node_id": node_id, "video_id": video_id}, f)
+    try:
+        os.link(tmp, marker)  # atomic and exclusive: exactly one task ever holds
+    except FileExistsError:
+        return
+    finally:
+        os.unlink(tmp)
+    hold_s = float(spec.get("hold_s", DEFAULT_HOLD_S))
+    logger.error("fault injection: process %d holds at video %s (up to %.0f s)", os.getpid(), video_id, hold_s)
+    deadline = time.monotonic() + hold_s
+    while time.monotonic() < deadline:
+        if spec.get("release") and os.path.exists(spec["release"]):
+            return
+        time.sleep(0.05)
+    os._exit(1)
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray
+        return None

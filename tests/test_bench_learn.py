@@ -1,0 +1,65 @@
+"""Tests of bench/learn.py's bookkeeping: records merged over sessions into one table with per-seed and mean rows,
+the verdicts on the paper's claims, and the budget-stopped run scored from its best kept checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "learn.py"
+
+
+@pytest.fixture(scope="module")
+def learn():
+    spec = importlib.util.spec_from_file_location("bench_learn", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+def _record(mode: str, seed: int, r1: float, mc: float) -> dict:
+    return {"mode": mode, "label": mode, "seed": seed, "date": "2026-12-02", "load_avg": 2.0, "budget_min": 20.0,
+            "test": {"t2v_r1": r1, "t2v_r5": 90.0, "t2v_medr": 1.0, "itc_t2v_r1": 40.0, "mc_acc": mc}, "test_step": 9,
+            "steps": 10, "wall_s": 600.0, "stopped": "schedule finished",
+            "curve": [{"step": 10, "wall_s": 600.0, "t2v_r1": r1, "mc_acc": mc}]}
+
+
+def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, tmp_path, capsys):
+    runs = tmp_path / "learn_runs"
+    runs.mkdir()
+    records = (_record("image_text", 0, 60, 90), _record("image_text", 11, 40, 70), _record("scratch_sparse", 0, 20, 70),
+               _record("scratch_dense", 0, 10, 50))
+    for record in records:
+        (runs / f"{record['mode']}_s{record['seed']}.json").write_text(json.dumps(record))
+    payload = learn.merge(tmp_path)
+    rows = learn.table_rows(payload["records"])
+    assert [r[0] for r in rows][:4] == ["scratch_sparse", "scratch_dense", "image_text", "image_text"]
+    mean = rows[4]
+    assert mean[0] == "image-text pretrained, sparse: mean" and mean[2] == 50 and mean[6] == 80
+    verdicts = "\n".join(payload["verdicts"])
+    assert "less is more (same budget): sparse R@1 20.0 / MC 70.0 against dense 10.0 / 50.0: holds" in verdicts
+    assert "image-text pretraining helps: R@1 50.0 / MC 80.0 against 20.0 / 70.0 from scratch: holds" in verdicts
+    assert "met on seeds [0] of [0, 11]" in verdicts
+    assert (tmp_path / "learn.png").stat().st_size > 0 and json.loads((tmp_path / "learn.json").read_text())
+    assert "held-out TEST split" in capsys.readouterr().out
+
+
+def test_a_budget_stopped_run_is_scored_from_its_best_kept_checkpoint(learn, tmp_path):
+    for step in (100, 200, 300):
+        d = tmp_path / f"checkpoint_{step}"
+        d.mkdir()
+        torch.save({"step": step}, d / "train_state.pt")
+    curve = [{"step": 100, "t2v_r1": 10.0}, {"step": 200, "t2v_r1": 30.0}, {"step": 300, "t2v_r1": 20.0},
+             {"step": 400, "t2v_r1": 50.0}]  # step 400's checkpoint was not kept
+    assert learn.best_kept_checkpoint(tmp_path, curve, "t2v_r1") == tmp_path / "checkpoint_200"
+    assert learn.best_kept_checkpoint(tmp_path / "none", curve, "t2v_r1") is None
