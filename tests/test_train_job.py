@@ -120,8 +120,9 @@ def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, source[key], rtol=0, atol=0)
     test_rows, _ = load_annotations(cfg.data.test_file)  # the held-out split, scored once with the exported model
-    expected = evaluate(model, corpus.config("synthetic_tiny"), test_rows, torch.device("cpu"))
-    assert final["test"] == pytest.approx(expected, abs=1e-9) and "t2v_r1" in final["test"]
+    test_mc, _ = load_annotations(cfg.data.test_mc_file)
+    expected = evaluate(model, corpus.config("synthetic_tiny"), test_rows, torch.device("cpu"), mc_rows=test_mc)
+    assert final["test"] == pytest.approx(expected, abs=1e-9) and {"t2v_r1", "mc_acc"} <= set(final["test"])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
