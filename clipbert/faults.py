@@ -6,6 +6,7 @@ A drill sets an environment variable of the driver (``CLIPBERT_PREPROCESS_FAULT`
     {"marker": "/tmp/drill/held.json",   # written once, atomically, by the task that holds
      "video_id": "v3",                   # optional: hold only at this video (default: the first one reached)
      "node_id": "ab12...",               # optional: hold only on this Ray node (default: any)
+     "after": "/out/shards/*.parquet",   # optional: hold only once a file matches this glob (default: at once)
      "release": "/tmp/drill/go",         # optional: go on once this file exists (default: never)
      "hold_s": 120}                      # optional: the longest hold
 
@@ -18,6 +19,7 @@ go through. Unset, nothing happens.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -48,6 +50,8 @@ def hold_once(spec: dict[str, Any] | None, video_id: str) -> None:
         return
     node_id = _node_id()
     if spec.get("node_id") not in (None, node_id):
+        return
+    if spec.get("after") and not glob.glob(spec["after"]):
         return
     marker = str(spec["marker"])
     tmp = f"{marker}.{os.getpid()}.tmp"

@@ -355,10 +355,11 @@ def drop_corrupt_checkpoints(storage_path: str, name: str) -> list[str]:
         logger.warning("checkpoint %s of run %s is corrupt (%s): moved to %s/; resuming from %s", latest, run,
                        problem, CORRUPT_DIR, fallback["checkpoint_dir_name"] if fallback else "the start (no "
                        "other checkpoint is left)")
-        _move_aside(run, latest)
         dropped.append(latest)
-    if dropped:
+    if dropped:  # the snapshot first: one that names a missing checkpoint would stop Ray Train from starting
         storage.write_bytes(storage.join(run, RAY_SNAPSHOT), json.dumps(snapshot).encode())
+    for name in dropped:
+        _move_aside(run, name)
     return dropped
 
 

@@ -9,7 +9,8 @@ Usage:
 
 Writes DIR/embeddings/ (Parquet shards of clip and video embeddings; re-running skips embedded videos and adds new
 ones) and DIR/index.faiss, DIR/ids.parquet, DIR/index.json (provenance, index type, measured recall).
-Exit codes: 0 built, 1 no video could be embedded, 2 bad arguments or input.
+Exit codes: 0 built, 1 no video could be embedded or a storage error (a full disk: one line names the path; the
+finished embedding shards are kept and re-running resumes), 2 bad arguments or input.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
+    except OSError as e:  # a full disk or another storage error, with the path
+        logger.error("%s", e)
+        return 1
     info = index.info
     print(f"index {args.output}: {info['factory']} over {info['vectors']:,} {info['granularity']} vectors "
           f"of {info['videos']:,} videos, recall@10 {info['recall_at_10']:.3f}, built in "

@@ -83,11 +83,9 @@ class Embedder:
 
     With ``load`` (the keyword arguments of ``load_clips``) the actor reads the clips of the batch's video ids
     itself: on CPUs one process per core then loads and embeds, with no frames crossing the object store.
-    ``fault``: a drill's fault spec (clipbert/faults.py), set from CLIPBERT_EMBED_FAULT by the driver.
     """
 
-    def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0, load: dict | None = None,
-                 fault: dict | None = None):
+    def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0, load: dict | None = None):
         import torch
 
         from clipbert.checkpoint import load_checkpoint
@@ -100,15 +98,12 @@ class Embedder:
         self.embed_dim = cfg.model.embed_dim
         self.precision = "bf16" if use_gpu else "fp32"
         self.load = load
-        self.fault = fault
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         from clipbert.scoring import autocast, clip_embeddings
 
-        for video_id in batch["video_id"]:
-            faults.hold_once(self.fault, str(video_id))
         if self.load is not None:
             batch = load_clips(batch, **self.load)
         ok = np.asarray([e == "" for e in batch["error"]])
@@ -136,15 +131,22 @@ def embedding_rows(batch: dict[str, Any]) -> pa.Table:
 
 
 class EmbeddingSink(Datasink):
-    """Ray Data Datasink: each write task writes its rows to one Parquet shard (temp file, then rename)."""
+    """Ray Data Datasink: each write task writes its rows to one Parquet shard (temp file, then rename).
 
-    def __init__(self, root: str, run_prefix: str):
+    ``fault``: a drill's fault spec (clipbert/faults.py), set from CLIPBERT_EMBED_FAULT by the driver: the write
+    task holds before writing its shard.
+    """
+
+    def __init__(self, root: str, run_prefix: str, fault: dict | None = None):
         self.root = root
         self.run_prefix = run_prefix
+        self.fault = fault
 
     def write(self, blocks: Iterable[pa.Table], ctx: Any) -> dict:
         tables = [embedding_rows(_columns(block)) for block in blocks]
         table = pa.concat_tables(tables) if tables else EMBED_SCHEMA.empty_table()
+        for video_id in table.column("video_id").to_pylist():
+            faults.hold_once(self.fault, video_id)
         path = Path(self.root) / SHARDS_DIR / f"{self.run_prefix}-{ctx.task_idx:05d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         try:
@@ -250,7 +252,6 @@ def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: in
     if num_actors is None:
         num_actors = int(resources["GPU"]) if use_gpu else max(1, cpus // actor_cpus)
     load = {"cfg": config_to_dict(cfg), "n_clips": n_clips}
-    fault = faults.from_env(faults.EMBED_FAULT_ENV)
     n_blocks = max(1, min(len(todo), math.ceil(len(todo) / (4 * batch_size))))
     ds = ray.data.from_items([{"video_id": v} for v in todo], override_num_blocks=n_blocks)
     ds.context.op_resource_reservation_enabled = False  # no CPUs held back for stages that are not running
@@ -260,10 +261,10 @@ def _embed(todo: list[str], cfg: Config, checkpoint: str, out: Path, n_clips: in
                         num_gpus=1 if use_gpu else 0, num_cpus=actor_cpus,
                         fn_constructor_kwargs={"checkpoint": os.path.abspath(checkpoint), "use_gpu": use_gpu,
                                                "cpu_threads": cpu_threads or actor_cpus,
-                                               "load": None if use_gpu else load, "fault": fault})
+                                               "load": None if use_gpu else load})
     try:
-        ds.write_datasink(EmbeddingSink(str(out), _next_run_prefix(out)), ray_remote_args={"num_cpus": 0},
-                          concurrency=1)  # light writes
+        sink = EmbeddingSink(str(out), _next_run_prefix(out), faults.from_env(faults.EMBED_FAULT_ENV))
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=1)  # light writes
     except Exception as e:
         cause = storage.os_error_in(e)
         if cause is None:

@@ -147,9 +147,9 @@ def test_a_killed_preprocessing_driver_then_the_same_command_equals_a_clean_run(
 
 # ------------------------------------------------------------------------------------------------- embedding
 def test_a_killed_index_driver_then_resumed_gives_the_same_embeddings_once(ray_two_nodes, tiny_corpus, tmp_path):
-    """jobs/build_index.py joins the cluster and is SIGKILLed while the last video is being embedded, after at least
-    one shard is written; run again, it embeds only the rest and builds the index: every video once, each equal to
-    the model's embedding computed here."""
+    """jobs/build_index.py joins the cluster and is SIGKILLed while it writes its second embedding shard (16 videos
+    in 4 blocks, one shard each, written one after another); run again, it embeds only the rest and builds the
+    index: the finished shard untouched, every video once, each equal to the model's embedding computed here."""
     from conftest import tiny_checkpoint
 
     from clipbert.config import config_to_dict
@@ -159,28 +159,21 @@ def test_a_killed_index_driver_then_resumed_gives_the_same_embeddings_once(ray_t
 
     cfg = tiny_corpus.config()
     checkpoint = tiny_checkpoint(cfg, tmp_path / "ckpt", seed=0)
-    gallery = sorted(tiny_corpus.val_ids + tiny_corpus.test_ids)
+    gallery = sorted(tiny_corpus.train_ids[:8] + tiny_corpus.val_ids + tiny_corpus.test_ids)
     (tmp_path / "videos.txt").write_text("\n".join(gallery) + "\n")
     out, emb = tmp_path / "index", tmp_path / "index" / "embeddings"
     args = ["--checkpoint", checkpoint, "--frame-store", str(tiny_corpus.frames), "--output", str(out),
             "--videos", str(tmp_path / "videos.txt"), "--clips", "2", "--batch-size", "1", "--num-actors", "1",
-            "--address", ray_two_nodes.address]  # one model actor: its two blocks of 4 videos go in order
-    env = {**os.environ, EMBED_FAULT_ENV: fault_spec(tmp_path, video_id=gallery[-1])}
+            "--address", ray_two_nodes.address]
+    env = {**os.environ, EMBED_FAULT_ENV: fault_spec(tmp_path, after=str(emb / "shards" / "*.parquet"))}
     driver = subprocess.Popen([sys.executable, "jobs/build_index.py", *args], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    def kill_after_a_shard(held: dict) -> None:
-        deadline = time.monotonic() + 120
-        while not list((emb / "shards").glob("*.parquet")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        driver.send_signal(signal.SIGKILL)
-
-    trigger = Trigger(tmp_path / "held.json", kill_after_a_shard)
+    trigger = Trigger(tmp_path / "held.json", lambda held: driver.send_signal(signal.SIGKILL))
     output = driver.communicate(timeout=300)[0].decode()
     assert driver.returncode == -signal.SIGKILL, output[-3000:]
-    assert trigger.join()["video_id"] == gallery[-1]
+    held = trigger.join()["video_id"]
     before = read_rows(emb, ["video_id"]).column("video_id").to_pylist()
-    assert 0 < len(before) < len(gallery) and gallery[-1] not in before
+    assert 0 < len(before) < len(gallery) and held not in before, output[-3000:]
     assert not (out / "index.json").exists()
     finished = {p: p.read_bytes() for p in (emb / "shards").glob("*.parquet")}
 
@@ -188,8 +181,7 @@ def test_a_killed_index_driver_then_resumed_gives_the_same_embeddings_once(ray_t
     assert all(p.read_bytes() == data for p, data in finished.items())  # what was done stays as it was
     rows = read_rows(emb).to_pylist()
     assert sorted(r["video_id"] for r in rows) == gallery  # every video once
-    ids = pq.read_table(out / "ids.parquet").column("video_id").to_pylist()
-    assert sorted(ids) == gallery
+    assert sorted(pq.read_table(out / "ids.parquet").column("video_id").to_pylist()) == gallery
     batch = load_clips({"video_id": np.array(gallery)}, cfg=config_to_dict(
         tiny_corpus.config("synthetic_tiny", f"data.frame_store={tiny_corpus.frames}")), n_clips=2)
     expected = Embedder(checkpoint, use_gpu=False)(batch)

@@ -118,7 +118,7 @@ def test_a_corrupt_newest_checkpoint_is_dropped_with_a_warning(tiny_corpus, tmp_
         (newest / "config.json").unlink()
     with caplog.at_level("WARNING", logger="clipbert.training"):
         assert training.drop_corrupt_checkpoints(str(tmp_path), "run") == ["checkpoint_0005"]
-    (warning,) = [r.getMessage() for r in caplog.records]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "clipbert.training"]
     assert warning.startswith(f"checkpoint checkpoint_0005 of run {run} is corrupt (")
     assert warning.endswith("moved to corrupt_checkpoints/; resuming from checkpoint_0004")
     state = snapshot(run)
@@ -138,6 +138,7 @@ def test_when_every_checkpoint_is_corrupt_the_run_starts_over_and_says_so(tiny_c
         (run / name / "model.safetensors").write_bytes(b"not safetensors")
     with caplog.at_level("WARNING", logger="clipbert.training"):
         assert training.drop_corrupt_checkpoints(str(tmp_path), "run") == ["checkpoint_0004", "checkpoint_0002"]
-    assert caplog.records[-1].getMessage().endswith("resuming from the start (no other checkpoint is left)")
+    last = [r.getMessage() for r in caplog.records if r.name == "clipbert.training"][-1]
+    assert last.endswith("resuming from the start (no other checkpoint is left)")
     assert snapshot(run)["latest_checkpoint_result"] is None and snapshot(run)["checkpoint_results"] == []
     assert training.drop_corrupt_checkpoints(str(tmp_path / "new"), "run") == []  # a new run has no snapshot
