@@ -32,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import simplejpeg
 
+from clipbert import storage
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -114,7 +116,7 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
 def write_header(root: str | Path, options: StoreOptions) -> None:
     """Write the store header (format version and options)."""
     header = {"format_version": FORMAT_VERSION, **dataclasses.asdict(options)}
-    _atomic_write_bytes(Path(root) / HEADER_FILE, json.dumps(header, indent=2).encode())
+    storage.write_bytes(str(Path(root) / HEADER_FILE), json.dumps(header, indent=2).encode())
 
 
 def read_header(root: str | Path) -> dict:
@@ -175,7 +177,7 @@ class ShardWriter:
         self._env.close()
         buf = pa.BufferOutputStream()
         pq.write_table(rows.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), buf)
-        _atomic_write_bytes(self.dir / PART_FILE, buf.getvalue().to_pybytes())
+        storage.write_bytes(str(self.dir / PART_FILE), buf.getvalue().to_pybytes())
 
     def abort(self) -> None:
         """Close the environment without marking the shard complete (a re-run deletes it)."""
@@ -233,7 +235,7 @@ def write_manifest(root: str | Path, rows: pa.Table) -> None:
     """Write manifest.parquet atomically (rows sorted by video_id)."""
     buf = pa.BufferOutputStream()
     pq.write_table(rows.cast(MANIFEST_SCHEMA).sort_by("video_id"), buf)
-    _atomic_write_bytes(Path(root) / MANIFEST_FILE, buf.getvalue().to_pybytes())
+    storage.write_bytes(str(Path(root) / MANIFEST_FILE), buf.getvalue().to_pybytes())
 
 
 def read_manifest(root: str | Path) -> pa.Table:
@@ -353,18 +355,3 @@ class _OpenShards:
 _SHARDS = _OpenShards()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file and a rename: readers see the old file or the whole new one. On
-    failure (a full disk) the temporary file is removed and the error names ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror, str(path)) from e

@@ -57,6 +57,24 @@ def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Non
     fs.write_manifest(out, fs.read_shard_rows(out))
 
 
+def load_bench(name: str):
+    """bench/NAME.py as module "bench_NAME" (registered in sys.modules: its dataclasses look their module up by
+    name); the bench/ directory it puts on sys.path is taken off again."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
 def tiny_checkpoint(cfg: Config, directory: Path, seed: int) -> str:
     """A randomly initialised model of `cfg` saved as a checkpoint; its directory."""
     import torch

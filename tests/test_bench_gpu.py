@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "gpu.py"
@@ -24,20 +24,7 @@ RATES = ("tflops", "gflops", "step_s", "samples_per_s", "clips_per_s", "mfu", "b
          "search_s", "gflops_per_step", "fit_wall_s")  # figures that must be > 0 wherever a row has them
 
 
-def _load_gpu_module():
-    """bench/gpu.py as module "bench_gpu"; the bench/ directory it puts on sys.path is taken off again."""
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
-
-
-gpu = _load_gpu_module()
+gpu = load_bench("gpu")
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,17 @@ the pipeline stores, pixel for pixel."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import av  # PyAV must load before decord: see pipelines/decode.py
 import numpy as np
 import pytest
+from conftest import load_bench
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_bench():
-    """bench/preprocess.py as module "bench_preprocess"; the bench/ directory it puts on sys.path is taken off."""
-    spec = importlib.util.spec_from_file_location("bench_preprocess", REPO / "bench" / "preprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
-
-
-bench = _load_bench()
+bench = load_bench("preprocess")
 
 
 @pytest.fixture(scope="module")
