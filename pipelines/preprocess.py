@@ -4,8 +4,10 @@ Stages (each a small callable): ``list_videos`` (driver) -> ``decode_batch`` (on
 fused with the write) -> ``FrameStoreSink`` (one LMDB shard per write task; ``on_write_complete`` writes the manifest).
 Resume: shards whose rows were written survive a crash; a re-run deletes unfinished shards, skips every video
 that already has a manifest row and processes the rest, leaving the manifest a single clean run would have written.
-A task whose worker process or node dies is retried by Ray Data and rewrites the same shard. A full disk stops the
-run with OSError(ENOSPC) naming the path; the shard being written is left unfinished, so a re-run redoes it.
+A task whose worker process or node dies is retried by Ray Data and rewrites the same shard; a video that kills
+its decoding process every time (a decoder crash, the out-of-memory killer) gets a failed row after
+``MAX_DECODER_DEATHS`` deaths instead of being retried forever (``DecodeJournal``). A full disk stops the run with
+OSError(ENOSPC) naming the path; the shard being written is left unfinished, so a re-run redoes it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import glob
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -34,6 +38,8 @@ from pipelines.decode import IMAGE_EXTENSIONS, DecodeError, decode_video
 
 logger = logging.getLogger(__name__)
 
+DECODING_DIR = "decoding"  # under the store: the decode journal, one file per video being decoded
+MAX_DECODER_DEATHS = 2  # processes a video may kill while being decoded before it is recorded as failed
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .gif .flv .wmv .mpg .mpeg .ts .3gp .ogv".split()
 )
@@ -245,41 +251,92 @@ def read_source(source: str) -> str | bytes:
         raise DecodeError("file not found") from None
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, options: dict) -> dict[str, list]:
-    """Ray Data map stage: decode each video of the batch into one row with its JPEG frames (or its failure)."""
+class DecodeJournal:
+    """Which videos were being decoded when their process died, so that a video that kills its decoder is not
+    retried forever (Ray Data retries a task whose worker process dies, without limit).
+
+    ``begin`` writes ``<store>/decoding/<sha1 of the video id>`` holding the number of decodes of that video begun
+    in this run, ``end`` removes it: a file left behind by a process that died counts one death. The store is a
+    POSIX path shared by the nodes, as the shards are, so a retry on another node sees the deaths.
+    """
+
+    def __init__(self, store: str):
+        self.dir = Path(store) / DECODING_DIR
+
+    def begin(self, video_id: str) -> int:
+        """Record one more decode of ``video_id``; return the number of processes that died decoding it before."""
+        path = self._path(video_id)
+        deaths = int(path.read_text()) if path.exists() else 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(str(deaths + 1))
+        os.replace(tmp, path)
+        return deaths
+
+    def end(self, video_id: str) -> None:
+        self._path(video_id).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Forget every death (at the start of a run: a driver killed mid-run is no decoder's fault)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _path(self, video_id: str) -> Path:
+        return self.dir / hashlib.sha1(video_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, options: dict, store: str | None = None,
+                 fault: dict | None = None) -> dict[str, list]:
+    """Ray Data map stage: decode each video of the batch into one row with its JPEG frames (or its failure).
+
+    ``store``: the frame store being written, whose ``DecodeJournal`` counts decoder deaths (None: not counted).
+    ``fault``: a drill's fault spec (clipbert/faults.py): the process decoding its ``die_at`` video is killed.
+    """
     opts = StoreOptions(**options)
+    journal = DecodeJournal(store) if store else None
     rows: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names if name != "shard"}
     rows["jpegs"] = []
     errors = batch.get("error", [""] * len(batch["video_id"]))
     for video_id, source, error in zip(batch["video_id"], batch["source"], errors):
-        row = _decode_row(str(video_id), str(source), opts, str(error))
+        row = _decode_row(str(video_id), str(source), opts, str(error), journal, fault)
         for name, value in row.items():
             rows[name].append(value)
     return rows
 
 
-def _decode_row(video_id: str, source: str, opts: StoreOptions, error: str = "") -> dict[str, Any]:
+def _decode_row(video_id: str, source: str, opts: StoreOptions, error: str = "",
+                journal: DecodeJournal | None = None, fault: dict | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"video_id": video_id, "source": source, "status": "failed", "error": "",
                            "num_frames": 0, "fps": 0.0, "src_fps": 0.0, "duration_s": 0.0, "width": 0,
                            "height": 0, "src_width": 0, "src_height": 0, "src_frames": 0, "bytes": 0, "jpegs": []}
     row["error"] = error or _input_problem(video_id, source)
     if row["error"]:
         return row
+    deaths = journal.begin(video_id) if journal else 0
+    if deaths >= MAX_DECODER_DEATHS:
+        row["error"] = (f"the decoding process died {deaths} times on this video (a decoder crash or out of "
+                        "memory): not tried again")
+    else:
+        faults.die_at(fault, video_id)
+        row.update(_decode_fields(source, opts))
+    if journal:
+        journal.end(video_id)
+    return row
+
+
+def _decode_fields(source: str, opts: StoreOptions) -> dict[str, Any]:
+    """The manifest fields of one decoded video (status ok) or of its failure, with its JPEG frames."""
     try:
         video = decode_video(read_source(source), opts)
     except DecodeError as e:
-        row["error"] = str(e)
-        return row
+        return {"error": str(e)}
     except Exception as e:  # a decoder bug must not take the whole shard down
         logger.exception("unexpected error decoding %s", source)
-        row["error"] = f"unexpected {type(e).__name__}: {e}"
-        return row
+        return {"error": f"unexpected {type(e).__name__}: {e}"}
     n = len(video.jpegs)
-    row.update(status="ok", error=video.warning, num_frames=n, fps=video.fps, src_fps=video.src_fps,
-               duration_s=n / video.fps, width=video.width, height=video.height, src_width=video.src_width,
-               src_height=video.src_height, src_frames=video.src_frames,
-               bytes=sum(len(j) for j in video.jpegs), jpegs=video.jpegs)
-    return row
+    return dict(status="ok", error=video.warning, num_frames=n, fps=video.fps, src_fps=video.src_fps,
+                duration_s=n / video.fps, width=video.width, height=video.height, src_width=video.src_width,
+                src_height=video.src_height, src_frames=video.src_frames,
+                bytes=sum(len(j) for j in video.jpegs), jpegs=video.jpegs)
 
 
 class FrameStoreSink(Datasink):
@@ -368,6 +425,7 @@ def run_preprocess(
     fs.write_header(output, options)
     run_prefix = _next_run_prefix(output)  # before unfinished shards are deleted: their names are not reused
     removed = fs.remove_incomplete_shards(output)
+    DecodeJournal(output).clear()
     if removed:
         logger.info("removed %d unfinished shards of an interrupted run: %s", len(removed), removed[:5])
     done = set(fs.read_shard_rows(output).column("video_id").to_pylist())
@@ -377,12 +435,15 @@ def run_preprocess(
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         n_blocks = min(len(todo), max(math.ceil(len(todo) / videos_per_shard), 4 * cpus))
         ds = ray.data.from_items([dataclasses.asdict(v) for v in todo], override_num_blocks=n_blocks)
-        ds = ds.map_batches(decode_batch, batch_size=1, fn_kwargs={"options": dataclasses.asdict(options)})
+        fault = faults.from_env(faults.PREPROCESS_FAULT_ENV)
+        fn_kwargs = {"options": dataclasses.asdict(options), "store": os.path.abspath(output), "fault": fault}
+        ds = ds.map_batches(decode_batch, batch_size=1, fn_kwargs=fn_kwargs)
         # One fused decode->write operator: Ray Data's per-operator reservation would hold half the CPUs idle.
         ds.context.op_resource_reservation_enabled = False
         try:
-            sink = FrameStoreSink(output, run_prefix, faults.from_env(faults.PREPROCESS_FAULT_ENV))
+            sink = FrameStoreSink(output, run_prefix, fault)
             ds.write_datasink(sink, concurrency=concurrency)
+            DecodeJournal(output).clear()
         except Exception as e:
             cause = storage.os_error_in(e)
             if cause is None:

@@ -229,6 +229,24 @@ def test_ids_that_would_escape_the_store_become_failed_rows(tmp_path, video_id, 
     assert rows["jpegs"][0] == [] and len(rows["jpegs"][1]) == 4
 
 
+def test_a_video_that_killed_its_decoding_process_twice_gets_a_failed_row_without_a_third_try(tmp_path):
+    from clipbert.synthetic import write_video
+    from pipelines.preprocess import DecodeJournal, decode_batch
+
+    path = write_video(tmp_path / "v.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=4)
+    store = str(tmp_path / "store")
+    journal = DecodeJournal(store)
+    for video_id in ("killer", "killer", "died_once"):  # decodes begun by processes that died before ending them
+        journal.begin(video_id)
+    rows = decode_batch({"video_id": ["killer", "died_once", "fresh"], "source": [str(path)] * 3},
+                        options={"fps": 4.0, "max_side": 448, "jpeg_quality": 90}, store=store)
+    assert rows["status"] == ["failed", "ok", "ok"]
+    assert rows["error"][0] == ("the decoding process died 2 times on this video (a decoder crash or out of "
+                                "memory): not tried again")
+    assert rows["jpegs"][0] == [] and len(rows["jpegs"][1]) == 4
+    assert list(journal.dir.iterdir()) == []  # every decode that ended is forgotten
+
+
 # ------------------------------------------------------------------------------------------------ stills
 @pytest.mark.parametrize("ext", ["jpg", "png"])
 def test_a_still_image_is_a_one_frame_video(tmp_path, ext):

@@ -8,6 +8,7 @@ LMDB maps and corrupt checkpoints, are in test_storage_faults.py.)"""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -118,6 +119,24 @@ def test_a_killed_preprocessing_worker_is_retried(ray_two_nodes, videos, clean, 
     assert (summary.videos_ok, summary.videos_failed, summary.videos_skipped) == (6, 0, 0)
     _check_store(out, clean)
     assert len(fs.shard_dirs(out)) == 6  # the retry wrote the killed task's shard again, not a second one
+
+
+def test_a_video_that_kills_its_decoding_process_gets_a_failed_row_and_the_rest_is_stored(ray_two_nodes, videos,
+                                                                                        clean, tmp_path,
+                                                                                        monkeypatch):
+    """Every process that starts decoding v1 is SIGKILLed (as a segfaulting decoder or the out-of-memory killer
+    would); Ray Data would retry its task forever, the decode journal records v1 as failed after two deaths."""
+    monkeypatch.setenv(PREPROCESS_FAULT_ENV, json.dumps({"die_at": "v1"}))
+    out = tmp_path / "store"
+    summary = run_preprocess(str(videos), str(out), STORE_OPTIONS, videos_per_shard=1)
+    assert (summary.videos_ok, summary.videos_failed) == (5, 1)
+    assert summary.failures == [("v1", "the decoding process died 2 times on this video (a decoder crash or out "
+                                       "of memory): not tried again")]
+    assert sorted(complete_shard_ids(out)) == ALL  # v1's failed row once, every other video once
+    (manifest, frames), (clean_manifest, clean_frames) = store_contents(out), store_contents(clean)
+    assert [r for r in manifest if r["video_id"] != "v1"] == [r for r in clean_manifest if r["video_id"] != "v1"]
+    assert frames == {v: f for v, f in clean_frames.items() if v != "v1"}
+    assert not (out / "decoding").exists()
 
 
 def test_a_killed_preprocessing_driver_then_the_same_command_equals_a_clean_run(ray_two_nodes, videos, clean,
