@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import av  # noqa: E402
 import lmdb  # noqa: E402
 import numpy as np  # noqa: E402
-
 from common import corpus, print_table, write_json  # noqa: E402
 
 from clipbert.frames import FrameStore, StoreOptions  # noqa: E402

@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import print_table, write_json  # noqa: E402
 

@@ -28,7 +28,13 @@ from clipbert.sweep_report import TrialRecord, write_outputs
 from clipbert.sweep_space import Dimension, load_space, schedule_corners, to_tune, trial_config
 from clipbert.train_loop import LOOP_METRICS
 from clipbert.training import (
-    TaskData, check_answers, check_storage, fit_and_export, plan_resources, prepare_task, schedule,
+    TaskData,
+    check_answers,
+    check_storage,
+    fit_and_export,
+    plan_resources,
+    prepare_task,
+    schedule,
 )
 
 logger = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import corrupt_frames
 
 from clipbert import frames as fs
 from clipbert.checkpoint import build_model, save_checkpoint
 from clipbert.clips import video_batch
-from clipbert.scoring import clip_embeddings
-from conftest import corrupt_frames
 from clipbert.embeddings import read_rows
+from clipbert.scoring import clip_embeddings
 from pipelines.embed import run_embed
 
 

@@ -9,7 +9,13 @@ import pytest
 
 from clipbert.config import load_config_tree
 from clipbert.sweep import (
-    SweepSpec, check_same_sweep, count_trials, longest_schedule, plan_sweep, prepare_sweep, trial_share,
+    SweepSpec,
+    check_same_sweep,
+    count_trials,
+    longest_schedule,
+    plan_sweep,
+    prepare_sweep,
+    trial_share,
 )
 from clipbert.sweep_space import Dimension
 
