@@ -795,13 +795,15 @@ def _write_corpus_json(root: Path, cfg: SynthesisConfig, specs: Sequence[VideoSp
 # Entry point
 
 
-def _prepare_output(root: Path, overwrite: bool) -> None:
-    existing = [p for p in (root / "videos", root / "txt", root / "corpus.json") if p.exists()]
+def prepare_output(root: Path, media: str, index: str, overwrite: bool, what: str = "a corpus") -> None:
+    """Make an empty ``root/media`` folder; an earlier corpus there (its media, txt/ and ``index`` file) is refused
+    with FileExistsError, or removed when ``overwrite``."""
+    existing = [p for p in (root / media, root / "txt", root / index) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{root} already holds a corpus ({existing[0].name}); pass overwrite=True")
+        raise FileExistsError(f"{root} already holds {what} ({existing[0].name}); pass overwrite=True")
     for p in existing:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    (root / "videos").mkdir(parents=True)
+    (root / media).mkdir(parents=True)
 
 
 def synthesize_corpus(out_dir: str | Path, *, n_videos: int, seed: int = 0, mixed_formats: bool = False,
@@ -836,7 +838,7 @@ def synthesize_corpus(out_dir: str | Path, *, n_videos: int, seed: int = 0, mixe
         fps_choices=tuple(int(f) for f in (fps_choices or DEFAULT_FPS)), **options)
     cfg.validate()
     root = Path(out_dir)
-    _prepare_output(root, overwrite)
+    prepare_output(root, "videos", "corpus.json", overwrite)
     rng = np.random.default_rng(seed)
     specs = draw_specs(cfg, rng)
     files = build_annotations(specs, cfg, rng)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from clipbert.synthetic import (
     STILL_PAIR_TEMPLATES,
     STILL_TEMPLATES,
     TRAIL_STEP,
+    prepare_output,
     shape_alpha,
     shape_mask,
     vocabulary_words,
@@ -196,12 +196,7 @@ def synthesize_images(out_dir: str | Path, *, n_images: int, val_images: int = 1
     cfg = ImageCorpusConfig(n_images=n_images, val_images=val_images, seed=seed, **options)
     cfg.validate()
     root = Path(out_dir)
-    existing = [p for p in (root / "images", root / "txt", root / "images.json") if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{root} already holds an image corpus ({existing[0].name}); pass overwrite=True")
-    for p in existing:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    (root / "images").mkdir(parents=True)
+    prepare_output(root, "images", "images.json", overwrite, "an image corpus")
     (root / "txt").mkdir()
     specs = draw_stills(cfg, np.random.default_rng(seed))
     for spec in specs:

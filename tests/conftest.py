@@ -38,8 +38,9 @@ class TinyCorpus:
         return load_config(preset, [*base, *overrides])
 
 
-def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> None:
-    """The frame store of every video under `videos`, written in-process (no Ray), one shard."""
+def build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Path:
+    """The frame store of every video under `videos`, written in-process (no Ray), one shard: what a clean run
+    stores."""
     from pipelines.preprocess import decode_batch, list_videos
 
     inputs = list_videos(str(videos)).inputs
@@ -55,6 +56,7 @@ def _build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Non
     rows = pa.Table.from_pydict({**decoded, "shard": ["r000-00000"] * len(jpegs)})
     writer.finish(rows)
     fs.write_manifest(out, fs.read_shard_rows(out))
+    return out
 
 
 def load_bench(name: str):
@@ -127,7 +129,7 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     root = tmp_path_factory.mktemp("tiny_corpus")
     info = synthesize_corpus(root, n_videos=28, seed=7, val_videos=4, test_videos=4, min_duration=2.0,
                              max_duration=3.0, sizes=[(160, 120)], fps_choices=[10])
-    _build_frame_store(root / "videos", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    build_frame_store(root / "videos", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
     return TinyCorpus(root, *(tuple(info.splits[s]) for s in ("train", "val", "test")))
 
 
@@ -139,7 +141,7 @@ def tiny_stills(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_stills")
     synthesize_images(root, n_images=40, val_images=8, seed=3)
-    _build_frame_store(root / "images", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    build_frame_store(root / "images", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
     return root
 
 
@@ -206,15 +208,17 @@ def ray_local(ray_env):
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def ray_two_nodes(ray_env):
-    """A Ray cluster of two 1-CPU nodes on this machine (ray.cluster_utils.Cluster), this process connected."""
+@contextlib.contextmanager
+def two_node_cluster(system_config: dict | None = None):
+    """A Ray cluster of two 1-CPU nodes on this machine (ray.cluster_utils.Cluster), this process connected; the
+    head node with its own dashboard and `system_config` (Ray's `_system_config`)."""
     import ray
     from ray.cluster_utils import Cluster
 
     with own_dashboard() as port:
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+            "_system_config": system_config or {}})
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
@@ -222,3 +226,10 @@ def ray_two_nodes(ray_env):
         yield cluster
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_two_nodes(ray_env):
+    """A Ray cluster of two 1-CPU nodes on this machine, this process connected."""
+    with two_node_cluster() as cluster:
+        yield cluster

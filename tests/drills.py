@@ -4,7 +4,6 @@ small disk that fills up, and hooks that act at a known point of a running job."
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
+from conftest import build_frame_store
 from ray.train import UserCallback
 
 from clipbert import frames as fs
@@ -41,22 +41,7 @@ def write_videos(directory: Path, n: int, frames: int = 12, size: tuple[int, int
 
 def clean_store(videos: Path, out: Path) -> Path:
     """The frame store of `videos` written in this process without Ray, in one shard: what a clean run stores."""
-    from pipelines.preprocess import decode_batch, list_videos
-
-    inputs = list_videos(str(videos)).inputs
-    rows = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
-                        options=dataclasses.asdict(STORE_OPTIONS))
-    out.mkdir(parents=True)
-    fs.write_header(out, STORE_OPTIONS)
-    writer = fs.ShardWriter(out / fs.SHARDS_DIR / "r000-00000")
-    jpegs = rows.pop("jpegs")
-    for video_id, frames in zip(rows["video_id"], jpegs):
-        writer.put_video(video_id, frames)
-    import pyarrow as pa
-
-    writer.finish(pa.Table.from_pydict({**rows, "shard": ["r000-00000"] * len(jpegs)}))
-    fs.write_manifest(out, fs.read_shard_rows(out))
-    return out
+    return build_frame_store(videos, out, STORE_OPTIONS)
 
 
 def store_contents(root: Path) -> tuple[list[dict], dict[str, list[bytes]]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import two_node_cluster
 from drills import (
     STORE_OPTIONS,
     Background,
@@ -49,21 +50,8 @@ ALL = [f"v{i}" for i in range(6)]
 def ray_two_nodes(ray_env):
     """conftest's two 1-CPU nodes, with a lost node noticed in about 1.5 s instead of 15 (GCS health checks every
     0.5 s, 3 misses), so that the node-loss drills spend their time recovering rather than waiting."""
-    import ray
-    from conftest import own_dashboard
-    from ray.cluster_utils import Cluster
-
-    with own_dashboard() as port:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with two_node_cluster({"health_check_period_ms": 500, "health_check_failure_threshold": 3}) as cluster:
         yield cluster
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _build_frame_store, pick_free_port, tiny_checkpoint, tiny_index
+from conftest import build_frame_store, pick_free_port, tiny_checkpoint, tiny_index
 
 from clipbert import frames as fs
 from clipbert.service import MAX_QUERY_CHARS, ApiError, check_int, check_query, check_video_id
@@ -91,7 +91,7 @@ def nested_index(tiny_corpus, tmp_path_factory):
     (tmp / "videos" / "cam_a").mkdir(parents=True)
     for i, src in enumerate(sources):
         shutil.copy(src, tmp / "videos" / ("cam_a" if i % 2 else "") / src.name)
-    _build_frame_store(tmp / "videos", tmp / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    build_frame_store(tmp / "videos", tmp / "frames", fs.StoreOptions(fps=4.0, max_side=160))
     cfg = tiny_corpus.config("synthetic_tiny", f"data.frame_store={tmp / 'frames'}")
     checkpoint = tiny_checkpoint(cfg, tmp / "ckpt", seed=0)
     store = fs.FrameStore(tmp / "frames")
