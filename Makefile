@@ -33,6 +33,7 @@ bench: setup
 	$(PY) bench/embed.py --output bench_results
 	$(PY) bench/index.py --output bench_results
 	$(PY) bench/serve.py --output bench_results
+	$(PY) bench/memory.py --output bench_results
 
 clean:
 	rm -rf demo_run bench_results .pytest_cache
