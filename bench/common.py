@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,10 +15,32 @@ from clipbert.synthetic import synthesize_corpus
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    import os
-
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d")}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int | None = None) -> int:
+    """A fresh local Ray (never another cluster) with Ray Train's idle-worker limit raised as jobs/train.py does, its
+    own dashboard, which Ray Train's State API calls are pinned to (not another Ray on the machine), and no Ray Data
+    progress bars; returns the dashboard's port."""
+    import ray
+
+    from clipbert.training import keep_idle_workers
+
+    keep_idle_workers()
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=port, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return port
 
 
 def corpus(workdir: Path, n_videos: int, seed: int) -> Path:

@@ -55,7 +55,6 @@ import gc
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -70,7 +69,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import model as model_bench  # noqa: E402  (bench/model.py: matmul peak, batched vs per-clip steps)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import print_table, write_json  # noqa: E402
+from common import print_table, start_local_ray, write_json  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from clipbert.checkpoint import build_model, save_checkpoint  # noqa: E402
@@ -514,27 +513,14 @@ def store_jpeg_bytes(root: Path) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- Ray
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_ray(ctx: Context) -> None:
     """A local Ray on this machine's CPUs (2 with --smoke) and GPUs, its State API pinned to its own dashboard."""
     if ctx.ray_started:
         return
     import ray
 
-    from clipbert.training import keep_idle_workers
-
-    keep_idle_workers()
-    port = free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # Ray Train's cleaner asks this Ray, no other
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=2 if ctx.smoke else None, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=port, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_local_ray(2 if ctx.smoke else None)
     ctx.ray_started = True
     print(f"ray.init in {time.perf_counter() - start:.1f} s: {ray.cluster_resources()}", flush=True)
 

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -56,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table, write_json  # noqa: E402
+from common import print_table, start_local_ray, write_json  # noqa: E402
 
 from clipbert.config import Config, load_config  # noqa: E402
 from clipbert.logs import setup_logging  # noqa: E402
@@ -286,29 +285,16 @@ def train(cfg: Config, storage: Path) -> dict[str, Any]:
             "final": {k: result.metrics[k] for k in ("step", "epoch", "train_samples_per_s", cfg.train.metric)}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_load(args: argparse.Namespace, root: Path, k: int) -> dict[str, Any]:
     """Both phases of one load of k videos on a fresh local Ray, each sampled; their figures."""
     import ray
-
-    from clipbert.training import keep_idle_workers
 
     load_dir = args.workdir / f"load_{k}"
     shutil.rmtree(load_dir, ignore_errors=True)
     videos = pick_videos(root, k)
     write_annotations(root, videos, load_dir)
     cfg = train_config(args, load_dir)
-    keep_idle_workers()
-    port = _free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # Ray Train's State API calls reach this Ray
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=port, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_local_ray(args.cpus)
     phases = {}
     try:
         for phase, work in (("preprocess", lambda: preprocess(videos, load_dir / "frames")),

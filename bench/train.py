@@ -21,7 +21,6 @@ import argparse
 import copy
 import math
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import corpus, print_table, write_json  # noqa: E402
+from common import corpus, free_port, print_table, write_json  # noqa: E402
 
 from clipbert.config import Config, config_to_dict, load_config  # noqa: E402
 from clipbert.logs import setup_logging  # noqa: E402
@@ -101,12 +100,6 @@ def fit_once(args: argparse.Namespace, base: Config, workers: int, threads: int,
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fits(args: argparse.Namespace) -> list[tuple[int, int]]:
     """(workers, resolved torch threads per worker) to measure, without repeats."""
     from clipbert.train_loop import cpu_threads
@@ -128,7 +121,7 @@ def run_mode(args: argparse.Namespace, mode: str, base: Config, storage: str) ->
     os.environ.pop(IDLE_WORKERS_ENV, None)
     if mode == "raised":
         keep_idle_workers()
-    ray.init(address="local", dashboard_port=_free_port(), log_to_driver=False)  # never another cluster here
+    ray.init(address="local", dashboard_port=free_port(), log_to_driver=False)  # never another cluster here
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         return [{"idle_workers": mode, **fit_once(args, base, w, t, f"{storage}/{mode}")} for w, t in fits(args)]
