@@ -21,9 +21,14 @@ multiple-choice accuracy with the ITM head (chance 20). A run stopped by the bud
 best kept checkpoint. Wall time counts from the first launch of the mode (Ray start-up, evaluations, checkpoints
 and pretraining included).
 
-Each invocation writes one JSON per (mode, seed) under OUT/learn_runs/ (with its date and load average), so the
-table can be built over several sessions; every invocation then merges all of them into OUT/learn.json, the table
-(each seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges.
+Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``bench/learn_records/``, kept in
+the repository with its date and load average, so the table is built over several sessions and machines) and the
+runs' logs under OUT/learn_runs/; every invocation then merges all records into OUT/learn.json, the table (each
+seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges.
+
+Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
+``--attribute-epochs``, and for image_text ``--pretrain-epochs`` then ``--finetune-epochs``), so that no mode is
+cut off before its learning rate has decayed; scratch_dense evaluates as often per schedule as scratch_sparse.
 
 Usage:
     python bench/learn.py --output bench_results --modes image_text --seed 0          # one mode, one seed
@@ -316,16 +321,16 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     record: dict[str, Any] = {"mode": name, "label": mode.label, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
                               "load_avg_before": os.getloadavg()[0], "budget_min": args.budget_min}
     pretrained_s = 0.0
-    if name == "scratch_dense":  # the same frames decoded between evaluations as the sparse mode, not the same steps
-        dense = max_stored_frames(root / "frames")
-        sparse = load_config("synthetic_tiny").sampling
-        every = max(1, round(args.eval_every * sparse.train_n_clips * sparse.num_frames / dense))
-        sets += [f"sampling.dense_num_frames={dense}", f"train.eval_every_steps={every}",
+    if name == "scratch_sparse":
+        sets += [f"optim.num_epochs={args.sparse_epochs}"]
+    elif name == "scratch_dense":  # as many evaluations per schedule as the sparse mode (same steps per epoch)
+        every = max(1, round(args.eval_every * args.dense_epochs / args.sparse_epochs))
+        sets += [f"sampling.dense_num_frames={max_stored_frames(root / 'frames')}", f"train.eval_every_steps={every}",
                  f"train.log_every_steps={max(1, every // 5)}", f"optim.num_epochs={args.dense_epochs}"]
     elif name == "attribute_cnn":
         checkpoint, record["pretrain"] = attribute_cnn(workdir, args)
         pretrained_s = record["pretrain"]["seconds"]  # counted even when the CNN was cached
-        sets += [f"model.init_checkpoint={checkpoint}"]
+        sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.attribute_epochs}"]
     elif name == "image_text":
         if args.image_seed == args.seed:
             raise SystemExit("--image-seed must differ from --seed")
@@ -440,11 +445,12 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def merge(out: Path) -> dict[str, Any]:
-    """Print the one table of every record under OUT/learn_runs/, write OUT/learn.json and OUT/learn.png."""
-    records = load_records(out / "learn_runs")
+def merge(out: Path, records_dir: Path) -> dict[str, Any]:
+    """Print the one table of every record under ``records_dir``, write OUT/learn.json and OUT/learn.png."""
+    records = load_records(records_dir)
     if not records:
-        raise SystemExit(f"no runs under {out / 'learn_runs'}")
+        raise SystemExit(f"no runs under {records_dir}")
+    out.mkdir(parents=True, exist_ok=True)
     print_table("held-out TEST split (100 videos; checkpoint chosen on validation), percent; chance R@1 1, MC 20",
                 ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "ckpt step", "steps", "pretrain min",
                  "wall min", "stopped", "date", "load"], table_rows(records))
@@ -459,24 +465,31 @@ def merge(out: Path) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="bench_results", help="where learn.json, learn.png and learn_runs/ go")
+    p.add_argument("--output", default="bench_results", help="where learn.json, learn.png and the logs go")
+    p.add_argument("--records", default=str(REPO / "bench" / "learn_records"), help="one JSON per (mode, seed)")
     p.add_argument("--workdir", default="bench_work/learn", help="corpora and run storage (reused between runs)")
     p.add_argument("--modes", default="image_text", help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--seed", type=int, default=0, help="seed of the retrieval corpus (400 / 100 / 100 videos)")
-    p.add_argument("--merge-only", action="store_true", help="only merge the runs already under OUT/learn_runs/")
+    p.add_argument("--merge-only", action="store_true", help="only merge the records already written")
     p.add_argument("--max-side", type=int, default=160, help="longer side of the stored frames")
     p.add_argument("--budget-min", type=float, default=20.0, help="wall-time budget per mode (minutes)")
     p.add_argument("--num-workers", type=int, default=1,
                    help="Ray Train workers (on 2 cores one worker, batch 16 per step, learns faster per minute than two)")
     p.add_argument("--eval-every", type=int, default=250, help="optimiser steps between evaluations (sparse modes)")
-    p.add_argument("--dense-epochs", type=float, default=28.0,
-                   help="scratch_dense schedule: sized so that its learning rate reaches 0 within the budget")
+    p.add_argument("--sparse-epochs", type=float, default=140.0,
+                   help="scratch_sparse schedule (3,500 steps): sized to end within the budget on 2 quiet cores")
+    p.add_argument("--dense-epochs", type=float, default=17.0,
+                   help="scratch_dense schedule (425 steps of 48-frame clips, ~0.47 steps/s): ends within the budget")
+    p.add_argument("--attribute-epochs", type=float, default=130.0,
+                   help="attribute_cnn finetuning schedule: fits the budget after the CNN's 2 minutes")
     p.add_argument("--image-seed", type=int, default=None, help="seed of the stills (default: 1000 + --seed)")
-    p.add_argument("--images", type=int, default=1600, help="stills to synthesize (train + val)")
+    p.add_argument("--images", type=int, default=6400, help="stills to synthesize (train + val)")
     p.add_argument("--val-images", type=int, default=100)
-    p.add_argument("--pretrain-epochs", type=float, default=8.0, help="image-text pretraining schedule (8 x 140 = 1,120 steps)")
+    p.add_argument("--pretrain-epochs", type=float, default=3.5,
+                   help="image-text pretraining schedule (3.5 x ~590 = ~2,070 steps of 32 caption pairs, ~8 min)")
     p.add_argument("--pretrain-eval-every", type=int, default=200)
-    p.add_argument("--finetune-epochs", type=float, default=120.0, help="image_text: finetuning schedule (3,000 steps)")
+    p.add_argument("--finetune-epochs", type=float, default=76.0,
+                   help="image_text finetuning schedule (1,900 steps): fits the budget after pretraining")
     p.add_argument("--cnn-seed", type=int, default=None, help="attribute_cnn's video seed (default: 1 + --seed)")
     p.add_argument("--cnn-min", type=float, default=2.0, help="attribute_cnn: minutes of CNN training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -495,11 +508,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
         workdir = Path(args.workdir).resolve()
         root = prepare_corpus(workdir, (400, 100, 100), args.seed, args.max_side)
-        (out / "learn_runs").mkdir(parents=True, exist_ok=True)
+        records = Path(args.records)
+        for path in (out / "learn_runs", records):
+            path.mkdir(parents=True, exist_ok=True)
         for name in modes:
             record = run_mode(name, root, workdir, args)
-            (out / "learn_runs" / f"{name}_s{args.seed}.json").write_text(json.dumps(record, indent=1, default=float))
-    return merge(out)
+            (records / f"{name}_s{args.seed}.json").write_text(json.dumps(record, indent=1, default=float))
+    return merge(out, Path(args.records))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
                _record("scratch_dense", 0, 10, 50))
     for record in records:
         (runs / f"{record['mode']}_s{record['seed']}.json").write_text(json.dumps(record))
-    payload = learn.merge(tmp_path)
+    out = tmp_path / "out"
+    payload = learn.merge(out, runs)
     rows = learn.table_rows(payload["records"])
     assert [r[0] for r in rows][:4] == ["scratch_sparse", "scratch_dense", "image_text", "image_text"]
     mean = rows[4]
@@ -38,7 +39,7 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     assert "less is more (same budget): sparse R@1 20.0 / MC 70.0 against dense 10.0 / 50.0: holds" in verdicts
     assert "image-text pretraining helps: R@1 50.0 / MC 80.0 against 20.0 / 70.0 from scratch: holds" in verdicts
     assert "met on seeds [0] of [0, 11]" in verdicts
-    assert (tmp_path / "learn.png").stat().st_size > 0 and json.loads((tmp_path / "learn.json").read_text())
+    assert (out / "learn.png").stat().st_size > 0 and json.loads((out / "learn.json").read_text())
     assert "held-out TEST split" in capsys.readouterr().out
 
 
