@@ -4,10 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 export RAY_AUTH_MODE ?= disabled
-# Test processes (pytest-xdist, one test file per process at a time): most of the slow tests wait on Ray start-up,
-# subprocess jobs and polls, so two processes overlap those waits even on 2 cores. The `solo` tests, which count
-# processes and memory, run afterwards on their own.
-TEST_PROCS ?= 2
 
 .PHONY: setup test demo serve bench clean
 
@@ -21,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile -m "not solo"
-	$(PY) -m pytest -q -m solo
+	$(PY) -m pytest -q
 
 demo: setup
 	$(PY) jobs/demo.py --workdir demo_run

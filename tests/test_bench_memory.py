@@ -85,7 +85,6 @@ def test_sampler_sees_this_process_and_its_children_and_reads_uss_at_every_nth_s
 
 
 @pytest.mark.slow
-@pytest.mark.solo  # beside another test on the same cores its run counted 4 train-worker processes, not 2
 def test_tiny_run_reports_driver_and_worker_memory_of_both_phases(tmp_path):
     """One size (each size starts its own Ray and Ray Train run: more sizes add time, not checks)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
