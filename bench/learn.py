@@ -501,20 +501,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    out = Path(args.output)
+    out, records = Path(args.output), Path(args.records)
     if not args.merge_only:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if unknown := [m for m in modes if m not in MODES]:
             raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
         workdir = Path(args.workdir).resolve()
         root = prepare_corpus(workdir, (400, 100, 100), args.seed, args.max_side)
-        records = Path(args.records)
         for path in (out / "learn_runs", records):
             path.mkdir(parents=True, exist_ok=True)
         for name in modes:
             record = run_mode(name, root, workdir, args)
             (records / f"{name}_s{args.seed}.json").write_text(json.dumps(record, indent=1, default=float))
-    return merge(out, Path(args.records))
+    return merge(out, records)
 
 
 if __name__ == "__main__":

@@ -59,25 +59,26 @@ def test_more_workers_per_trial_than_the_cluster_has_is_refused(ray_local, tiny_
 @pytest.mark.slow
 def test_asha_sweep_writes_every_output_and_a_best_yaml_ready_to_train(ray_local, tiny_corpus, tmp_path, capsys):
     # The grid runs in order, one trial at a time. `epoch` as the metric orders the trials deterministically at
-    # ASHA's rung (step 6): batch 4 is in its 2nd epoch, batch 1 in its 1st, so it is stopped there; batch 64,
-    # started after batch 1 was stopped, does not fill a step of the 20 training rows and crashes.
-    space = "optim.batch_size: {grid: [4, 1, 64]}\noptim.lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
+    # ASHA's rung (step 6): batch 4 is in its 2nd epoch, batch 1 and 2 in their 1st, so both are stopped there;
+    # batch 64 does not fill a step of the 20 training rows and crashes. Batch 2 starts after batch 1 was stopped.
+    space = "optim.batch_size: {grid: [4, 1, 64, 2]}\noptim.lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
     args = _args(tiny_corpus, tmp_path, space, "--set", "optim.num_epochs=2", "--num-samples", "1",
                  "--metric", "epoch", "--grace-period", "6", "--reduction-factor", "2")
     assert job.main(args) == 0
     out = capsys.readouterr().out
     sweep = tmp_path / "sweeps" / "s"
     table = pd.read_parquet(sweep / "trials.parquet").set_index("optim.batch_size")
-    assert table["status"].to_dict() == {4: "completed", 1: "stopped_early", 64: "errored"}
-    assert table["steps"].to_dict() == {4: 10, 1: 6, 64: 0}  # the stopped one ran 6 of its 40 steps
-    assert table["stopped_early"].to_dict() == {4: False, 1: True, 64: False}
+    assert table["status"].to_dict() == {4: "completed", 1: "stopped_early", 2: "stopped_early", 64: "errored"}
+    assert table["steps"].to_dict() == {4: 10, 1: 6, 2: 6, 64: 0}  # the stopped ones ran 6 of their 40 and 20 steps
+    assert table["stopped_early"].to_dict() == {4: False, 1: True, 2: True, 64: False}
     assert "20 training rows do not fill one step of 64" in table.loc[64, "error"]
     assert table.loc[4, "rank"] == 1 and table.loc[4, "best_epoch"] == 2
     best_run = sweep / "runs" / table.loc[4, "trial_id"]
     final = json.loads((best_run / "final_metrics.json").read_text())
     assert table.loc[4, "test_t2v_r1"] == final["test"]["t2v_r1"] and table.loc[4, "chosen_step"] == final["step"]
-    assert all(pd.isna(table.loc[b, "test_t2v_r1"]) for b in (1, 64))  # only a finished trial is tested
-    assert not (sweep / "runs" / table.loc[1, "trial_id"] / "best").exists()
+    assert all(pd.isna(table.loc[b, "test_t2v_r1"]) for b in (1, 2, 64))  # only a finished trial is tested
+    for b in (1, 2):
+        assert not (sweep / "runs" / table.loc[b, "trial_id"] / "best").exists()
     assert table.loc[4, "trial_id"] in out and "stopped_early" in out and "errored" in out  # the ranked table
     assert (sweep / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     exported = load_file(str(sweep / "best" / WEIGHTS_NAME))
