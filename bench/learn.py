@@ -18,13 +18,17 @@ Every run evaluates on the validation split (100 videos) as it trains and picks 
 that matter are the held-out TEST split's (100 other videos, never used to choose anything), read from the run's
 ``final_metrics.json``: text-to-video R@1 of the cross-encoder (chance 1) and of the dual encoder, and 5-way
 multiple-choice accuracy with the ITM head (chance 20). A run stopped by the budget is scored on test from its
-best kept checkpoint. Wall time counts from the first launch of the mode (Ray start-up, evaluations, checkpoints
-and pretraining included).
+best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING videos (R@1 of both encoders over
+as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
+is underfitting, not overfitting. Wall time counts from the first launch of the mode (Ray start-up, evaluations,
+checkpoints and pretraining included; the training-set scoring not).
 
 Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``bench/learn_records/``, kept in
 the repository with its date and load average, so the table is built over several sessions and machines) and the
 runs' logs under OUT/learn_runs/; every invocation then merges all records into OUT/learn.json, the table (each
-seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges.
+seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges; ``--fill-train-fit`` scores the
+training-set fit of records written without it, from their runs under ``--workdir`` when those are still the runs
+the records describe.
 
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
 ``--attribute-epochs``, and for image_text ``--pretrain-epochs`` then ``--finetune-epochs``), so that no mode is
@@ -77,6 +81,8 @@ MODES = {
 }
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
+FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
+FIT_VIDEOS = 100  # as many training videos as the test split has, so that R@1 is over as many candidates
 POLL_S = 5.0
 
 
@@ -260,6 +266,28 @@ def best_kept_checkpoint(run_dir: Path, curve: list[dict[str, float]], metric: s
     return by_step[int(max(scored, key=lambda p: p[metric])["step"])] if scored else None
 
 
+def chosen_checkpoint(run: dict[str, Any], run_dir: Path, metric: str) -> Path | None:
+    """The checkpoint chosen on validation: the job's export (best/) when it finished, else the best kept one."""
+    if run["final_metrics"] and (run_dir / "best" / "model.safetensors").exists():
+        return run_dir / "best"
+    return best_kept_checkpoint(run_dir, run["curve"], metric)
+
+
+def train_fit(checkpoint: Path, preset: str, sets: list[str]) -> dict[str, float]:
+    """Text-to-video R@1 (cross and dual encoder) of ``checkpoint`` on the first FIT_VIDEOS training videos, scored
+    as the test split is: how well the model fits what it trained on (near its test figures = underfitting)."""
+    import torch
+
+    from clipbert.checkpoint import load_checkpoint
+    from clipbert.evaluation import evaluate
+    from clipbert.training import prepare_task
+
+    cfg = load_config(preset, sets)
+    model, _ = load_checkpoint(checkpoint)
+    metrics = evaluate(model, cfg, prepare_task(cfg).train[:FIT_VIDEOS], torch.device("cpu"))
+    return {k: metrics[k] for k in ("t2v_r1", "itc_t2v_r1")}
+
+
 def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[dict | None, int | None]:
     """(test metrics, step of the checkpoint chosen on validation): the job's own final_metrics.json, else the best
     kept checkpoint scored here, on the same test rows and with the same dense inference."""
@@ -273,7 +301,7 @@ def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str
     from clipbert.training import prepare_task
 
     cfg = load_config(preset, sets)
-    checkpoint = best_kept_checkpoint(run_dir, run["curve"], cfg.train.metric)
+    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
     if checkpoint is None:
         return None, None
     task = prepare_task(cfg)
@@ -347,12 +375,34 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     result = run.watch(args.num_workers, t0, deadline, name)
     wall_s = time.time() - t0
     test, step = test_metrics(result, run.directory, mode.preset, sets)
+    checkpoint = chosen_checkpoint(result, run.directory, load_config(mode.preset, sets).train.metric)
+    record["train_fit"] = train_fit(checkpoint, mode.preset, sets) if checkpoint else None
     hit = next((p for p in result["curve"] if meets_targets(p)), None)
     record.update(result, wall_s=wall_s, test=test, test_step=step, preset=mode.preset,
                   val_best={k: max((p[k] for p in result["curve"] if k in p), default=None) for k in TARGETS},
                   val_min_to_target=hit["wall_s"] / 60 if hit else None,
                   steps=result["curve"][-1]["step"] if result["curve"] else 0)
     return record
+
+
+def fill_train_fit(records_dir: Path, workdir: Path) -> None:
+    """Score the training-set fit of records written without it, from their runs under WORKDIR/runs, when the run
+    there is still the one the record describes (same test figures)."""
+    for path in sorted(records_dir.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("train_fit") is not None:
+            continue
+        run_dir = workdir / "runs" / f"learn_{record['mode']}_s{record['seed']}"
+        final = run_dir / "final_metrics.json"
+        run = {"final_metrics": json.loads(final.read_text()) if final.exists() else None, "curve": record["curve"]}
+        args = record["command"].split()
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        if test_metrics(run, run_dir, record["preset"], sets) != (record["test"], record["test_step"]):
+            print(f"{path.name}: {run_dir} no longer holds this record's run; train fit left out")
+            continue
+        record["train_fit"] = train_fit(chosen_checkpoint(run, run_dir, "t2v_r1"), record["preset"], sets)
+        path.write_text(json.dumps(record, indent=1, default=float))
+        print(f"{path.name}: train fit {record['train_fit']}")
 
 
 def _fmt_point(p: dict[str, float]) -> str:
@@ -371,6 +421,10 @@ def _test(record: dict[str, Any], key: str) -> float | None:
     return (record.get("test") or {}).get(key)
 
 
+def _fit(record: dict[str, Any], key: str) -> float | None:
+    return (record.get("train_fit") or {}).get(key)
+
+
 def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     """One row per record, then a mean row per mode with more than one seed."""
     rows = []
@@ -378,11 +432,12 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
         mine = [r for r in records if r["mode"] == name]
         for r in mine:
             pre = r.get("pretrain") or {}
-            rows.append([r["label"], r["seed"], *(_test(r, k) for k in TABLE_KEYS), r["test_step"], r["steps"],
+            rows.append([r["label"], r["seed"], *(_test(r, k) for k in TABLE_KEYS), *(_fit(r, k) for k in FIT_KEYS),
+                         r["test_step"], r["steps"],
                          pre.get("seconds", 0.0) / 60, r["wall_s"] / 60, r["stopped"], r["date"], r["load_avg"]])
         if len(mine) > 1:
-            means = [statistics.mean(v) if len(v := [x for r in mine if (x := _test(r, k)) is not None]) == len(mine)
-                     else None for k in TABLE_KEYS]
+            means = [statistics.mean(v) if len(v := [x for r in mine if (x := get(r, k)) is not None]) == len(mine)
+                     else None for get, keys in ((_test, TABLE_KEYS), (_fit, FIT_KEYS)) for k in keys]
             rows.append([f"{MODES[name].label}: mean", "all", *means, "", "", "", "", "", "", ""])
     return rows
 
@@ -451,9 +506,10 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
     if not records:
         raise SystemExit(f"no runs under {records_dir}")
     out.mkdir(parents=True, exist_ok=True)
-    print_table("held-out TEST split (100 videos; checkpoint chosen on validation), percent; chance R@1 1, MC 20",
-                ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "ckpt step", "steps", "pretrain min",
-                 "wall min", "stopped", "date", "load"], table_rows(records))
+    print_table("held-out TEST split (100 videos; checkpoint chosen on validation), percent; chance R@1 1, MC 20; "
+                f"train R@1 / train dual: the same checkpoint on {FIT_VIDEOS} training videos",
+                ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "train R@1", "train dual", "ckpt step", "steps",
+                 "pretrain min", "wall min", "stopped", "date", "load"], table_rows(records))
     lines = verdicts(records)
     print("\n" + "\n".join(lines))
     plot(records, out / "learn.png")
@@ -471,6 +527,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default="image_text", help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--seed", type=int, default=0, help="seed of the retrieval corpus (400 / 100 / 100 videos)")
     p.add_argument("--merge-only", action="store_true", help="only merge the records already written")
+    p.add_argument("--fill-train-fit", action="store_true",
+                   help="score the training-set fit of records written without it (from their runs in --workdir)")
     p.add_argument("--max-side", type=int, default=160, help="longer side of the stored frames")
     p.add_argument("--budget-min", type=float, default=20.0, help="wall-time budget per mode (minutes)")
     p.add_argument("--num-workers", type=int, default=1,
@@ -502,7 +560,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out, records = Path(args.output), Path(args.records)
-    if not args.merge_only:
+    if args.fill_train_fit:
+        fill_train_fit(records, Path(args.workdir).resolve())
+    elif not args.merge_only:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if unknown := [m for m in modes if m not in MODES]:
             raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")

@@ -27,6 +27,8 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     runs.mkdir()
     records = (_record("image_text", 0, 60, 90), _record("image_text", 11, 40, 70), _record("scratch_sparse", 0, 20, 70),
                _record("scratch_dense", 0, 10, 50))
+    records[0]["train_fit"] = {"t2v_r1": 70, "itc_t2v_r1": 80}
+    records[1]["train_fit"] = {"t2v_r1": 50, "itc_t2v_r1": 60}
     for record in records:
         (runs / f"{record['mode']}_s{record['seed']}.json").write_text(json.dumps(record))
     out = tmp_path / "out"
@@ -35,6 +37,7 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     assert [r[0] for r in rows][:4] == ["scratch_sparse", "scratch_dense", "image_text", "image_text"]
     mean = rows[4]
     assert mean[0] == "image-text pretrained, sparse: mean" and mean[2] == 50 and mean[6] == 80
+    assert mean[7:9] == [60, 70] and rows[0][7:9] == [None, None]  # training-set fit: means, blank where not scored
     verdicts = "\n".join(payload["verdicts"])
     assert "less is more (same budget): sparse R@1 20.0 / MC 70.0 against dense 10.0 / 50.0: holds" in verdicts
     assert "image-text pretraining helps: R@1 50.0 / MC 80.0 against 20.0 / 70.0 from scratch: holds" in verdicts
@@ -52,3 +55,17 @@ def test_a_budget_stopped_run_is_scored_from_its_best_kept_checkpoint(learn, tmp
              {"step": 400, "t2v_r1": 50.0}]  # step 400's checkpoint was not kept
     assert learn.best_kept_checkpoint(tmp_path, curve, "t2v_r1") == tmp_path / "checkpoint_200"
     assert learn.best_kept_checkpoint(tmp_path / "none", curve, "t2v_r1") is None
+
+
+def test_train_fit_is_filled_only_from_the_run_a_record_describes(learn, tmp_path, capsys):
+    records = tmp_path / "records"
+    records.mkdir()
+    record = {**_record("scratch_sparse", 0, 20, 70), "preset": "synthetic_tiny",
+              "command": "jobs/train.py --config synthetic_tiny --set optim.num_epochs=2"}
+    (records / "scratch_sparse_s0.json").write_text(json.dumps(record))
+    run_dir = tmp_path / "work" / "runs" / "learn_scratch_sparse_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "final_metrics.json").write_text(json.dumps({"test": {"t2v_r1": 99.0}, "step": 9}))  # a later run
+    learn.fill_train_fit(records, tmp_path / "work")
+    assert "no longer holds this record's run" in capsys.readouterr().out
+    assert "train_fit" not in json.loads((records / "scratch_sparse_s0.json").read_text())
