@@ -243,16 +243,7 @@ def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     A run that resumes (same storage and name) first drops a newest checkpoint that cannot be loaded (see
     ``drop_corrupt_checkpoints``). A storage error of the run (a full disk) is raised as one OSError naming the path.
     """
-    drop_corrupt_checkpoints(storage_path, name)
-    trainer = build_trainer(cfg, task, storage_path=storage_path, name=name, cluster=cluster, callbacks=callbacks)
-    try:
-        result = trainer.fit()
-    except Exception as e:  # Ray Train raises the run's error after its retries
-        _raise_storage_error(e, storage.join(storage_path, name))
-        raise
-    if result.error:
-        _raise_storage_error(result.error, storage.join(storage_path, name))
-        raise result.error
+    result = _fit_resuming(cfg, task, storage_path=storage_path, name=name, cluster=cluster, callbacks=callbacks)
     best_ckpt, best_metrics = best_checkpoint(result, cfg.train.metric, cfg.train.metric_mode)
     best_dir = storage.join(storage_path, name, "best")
     with best_ckpt.as_directory() as src:
@@ -266,6 +257,34 @@ def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
         logger.info("test split (%d rows) at step %s: %s", len(task.test), final["step"],
                     ", ".join(f"{k} {v:.3g}" for k, v in test.items()))
     return final
+
+
+CONTROLLER_RESTARTS = 1  # runs started again after a Ray Train controller failure that Ray does not retry itself
+
+
+def _fit_resuming(cfg: Config, task: TaskData, *, storage_path: str, name: str, cluster: dict[str, float] | None,
+                  callbacks: Sequence):
+    """``trainer.fit()``, started again (resuming from the last checkpoint) after a controller failure that Ray Train
+    does not retry itself, such as a worker that died while its group was starting: at most CONTROLLER_RESTARTS
+    times. A storage error (a full disk) is raised at once as one OSError naming the path."""
+    from ray.train import ControllerError
+
+    run, restarts = storage.join(storage_path, name), 0
+    while True:
+        drop_corrupt_checkpoints(storage_path, name)
+        trainer = build_trainer(cfg, task, storage_path=storage_path, name=name, cluster=cluster, callbacks=callbacks)
+        try:
+            result = trainer.fit()
+            if result.error:
+                raise result.error
+            return result
+        except Exception as e:  # Ray Train raises the run's error after its own retries
+            _raise_storage_error(e, run)
+            restarts += 1
+            if not isinstance(e, ControllerError) or restarts > CONTROLLER_RESTARTS:
+                raise
+            logger.warning("run %s: Ray Train's controller failed (%s); starting it again from its last checkpoint",
+                           run, one_line(e))
 
 
 def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: float,

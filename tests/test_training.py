@@ -12,7 +12,7 @@ import pytest
 
 from clipbert import training
 from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch, video_key
-from clipbert.config import config_to_dict
+from clipbert.config import config_to_dict, load_config
 from clipbert.data import load_annotations, load_ans2label
 from clipbert.text import load_tokenizer, tokenize
 
@@ -322,3 +322,42 @@ def test_unreadable_annotation_file_is_refused(tiny_corpus, tmp_path):
         pytest.skip("this user reads files whatever their permissions (root)")
     with pytest.raises(PermissionError, match=r"data.train_file: .*train.jsonl: cannot be read: Permission denied"):
         training.prepare_task(tiny_corpus.config("synthetic_tiny", f"data.train_file={path}"))
+
+
+class _FakeTrainer:
+    """Stands in for a TorchTrainer: each fit() raises the next queued error, or returns a result."""
+
+    def __init__(self, outcomes: list):
+        self.outcomes = outcomes
+
+    def fit(self):
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _controller_error(message: str):
+    from ray.train import ControllerError
+
+    return ControllerError(RuntimeError(message))
+
+
+def test_a_controller_failure_starts_the_run_once_more_and_then_gives_up(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    done = SimpleNamespace(error=None)
+    outcomes = [_controller_error("placement group was removed"), done]
+    built = []
+    monkeypatch.setattr(training, "build_trainer", lambda *a, **k: built.append(k["name"]) or _FakeTrainer(outcomes))
+    cfg = load_config("tiny_ret")
+    fit = training._fit_resuming(cfg, None, storage_path=str(tmp_path), name="run", cluster=None, callbacks=())
+    assert fit is done and built == ["run", "run"]  # started again under the same name: it resumes
+
+    outcomes[:] = [_controller_error("first"), _controller_error("second")]
+    with pytest.raises(Exception, match="second"):
+        training._fit_resuming(cfg, None, storage_path=str(tmp_path), name="run", cluster=None, callbacks=())
+    outcomes[:] = [ValueError("a worker's own error")]  # Ray Train's max_failures already covered those
+    with pytest.raises(ValueError, match="own error"):
+        training._fit_resuming(cfg, None, storage_path=str(tmp_path), name="run", cluster=None, callbacks=())
+    assert outcomes == []
