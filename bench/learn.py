@@ -273,9 +273,10 @@ def chosen_checkpoint(run: dict[str, Any], run_dir: Path, metric: str) -> Path |
     return best_kept_checkpoint(run_dir, run["curve"], metric)
 
 
-def train_fit(checkpoint: Path, preset: str, sets: list[str]) -> dict[str, float]:
-    """Text-to-video R@1 (cross and dual encoder) of ``checkpoint`` on the first FIT_VIDEOS training videos, scored
-    as the test split is: how well the model fits what it trained on (near its test figures = underfitting)."""
+def train_fit(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, float] | None:
+    """Text-to-video R@1 (cross and dual encoder) of the checkpoint chosen on validation on the first FIT_VIDEOS
+    training videos, scored as the test split is: how well the model fits what it trained on (near its test figures
+    = underfitting); None when the run kept no checkpoint."""
     import torch
 
     from clipbert.checkpoint import load_checkpoint
@@ -283,9 +284,12 @@ def train_fit(checkpoint: Path, preset: str, sets: list[str]) -> dict[str, float
     from clipbert.training import prepare_task
 
     cfg = load_config(preset, sets)
+    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
+    if checkpoint is None:
+        return None
     model, _ = load_checkpoint(checkpoint)
     metrics = evaluate(model, cfg, prepare_task(cfg).train[:FIT_VIDEOS], torch.device("cpu"))
-    return {k: metrics[k] for k in ("t2v_r1", "itc_t2v_r1")}
+    return {k: metrics[k] for k in FIT_KEYS}
 
 
 def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[dict | None, int | None]:
@@ -301,7 +305,7 @@ def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str
     from clipbert.training import prepare_task
 
     cfg = load_config(preset, sets)
-    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
+    checkpoint = best_kept_checkpoint(run_dir, run["curve"], cfg.train.metric)
     if checkpoint is None:
         return None, None
     task = prepare_task(cfg)
@@ -375,8 +379,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     result = run.watch(args.num_workers, t0, deadline, name)
     wall_s = time.time() - t0
     test, step = test_metrics(result, run.directory, mode.preset, sets)
-    checkpoint = chosen_checkpoint(result, run.directory, load_config(mode.preset, sets).train.metric)
-    record["train_fit"] = train_fit(checkpoint, mode.preset, sets) if checkpoint else None
+    record["train_fit"] = train_fit(result, run.directory, mode.preset, sets)
     hit = next((p for p in result["curve"] if meets_targets(p)), None)
     record.update(result, wall_s=wall_s, test=test, test_step=step, preset=mode.preset,
                   val_best={k: max((p[k] for p in result["curve"] if k in p), default=None) for k in TARGETS},
@@ -400,7 +403,7 @@ def fill_train_fit(records_dir: Path, workdir: Path) -> None:
         if test_metrics(run, run_dir, record["preset"], sets) != (record["test"], record["test_step"]):
             print(f"{path.name}: {run_dir} no longer holds this record's run; train fit left out")
             continue
-        record["train_fit"] = train_fit(chosen_checkpoint(run, run_dir, "t2v_r1"), record["preset"], sets)
+        record["train_fit"] = train_fit(run, run_dir, record["preset"], sets)
         path.write_text(json.dumps(record, indent=1, default=float))
         print(f"{path.name}: train fit {record['train_fit']}")
 
