@@ -20,15 +20,17 @@ that matter are the held-out TEST split's (100 other videos, never used to choos
 multiple-choice accuracy with the ITM head (chance 20). A run stopped by the budget is scored on test from its
 best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING videos (R@1 of both encoders over
 as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
-is underfitting, not overfitting. Wall time counts from the first launch of the mode (Ray start-up, evaluations,
-checkpoints and pretraining included; the training-set scoring not).
+is underfitting, not overfitting. And on the test split, for caption / wrong-video pairs whose videos differ in one
+attribute only (colour, shape or direction), how often each encoder ranks the right video above the wrong one
+(chance 50): what the model has grounded in pixels, beyond what R@1 says. Wall time counts from the first launch
+of the mode (Ray start-up, evaluations, checkpoints and pretraining included; these diagnostics not).
 
 Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``bench/learn_records/``, kept in
 the repository with its date and load average, so the table is built over several sessions and machines) and the
 runs' logs under OUT/learn_runs/; every invocation then merges all records into OUT/learn.json, the table (each
-seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges; ``--fill-train-fit`` scores the
-training-set fit of records written without it, from their runs under ``--workdir`` when those are still the runs
-the records describe.
+seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges; ``--fill-diagnostics`` scores the
+training-set fit and the grounding of records written without them, from their runs under ``--workdir`` when those
+are still the runs the records describe.
 
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
 ``--attribute-epochs``, and for image_text ``--pretrain-epochs`` then ``--finetune-epochs``), so that no mode is
@@ -82,6 +84,7 @@ MODES = {
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
+GROUNDED = ("color", "shape", "direction")  # the grounding diagnostic's attributes (synthetic.ATTRIBUTES)
 FIT_VIDEOS = 100  # as many training videos as the test split has, so that R@1 is over as many candidates
 POLL_S = 5.0
 
@@ -292,6 +295,72 @@ def train_fit(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
     return {k: metrics[k] for k in FIT_KEYS}
 
 
+def grounding(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, dict[str, float]] | None:
+    """What the checkpoint chosen on validation tells apart on the TEST split: for every caption and every wrong
+    video that differs from the right one in one attribute only (colour, shape or direction of one or both events,
+    events aligned the way that differs least), the percentage of such pairs where the right video scores higher
+    (chance 50), for the cross and the dual encoder; None when the run kept no checkpoint."""
+    import numpy as np
+    import torch
+
+    from clipbert.checkpoint import load_checkpoint
+    from clipbert.data import retrieval_eval_lists
+    from clipbert.evaluation import retrieval_scores
+    from clipbert.synthetic import ATTRIBUTES, load_corpus
+    from clipbert.training import prepare_task
+
+    cfg = load_config(preset, sets)
+    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
+    if checkpoint is None:
+        return None
+    videos, captions, gt = retrieval_eval_lists(prepare_task(cfg).test)
+    events = {v.video_id: [e.key() for e in v.events] for v in load_corpus(cfg.data.root).videos}
+    differing = np.array([[only_attribute(events[videos[g]], events[v]) for v in videos] for g in gt])  # (M, V)
+    model, _ = load_checkpoint(checkpoint)
+    scores, itc = retrieval_scores(model, cfg, videos, captions, torch.device("cpu"))
+    out = {}
+    for encoder, s in (("cross", scores), ("dual", itc)):
+        right = s[np.arange(len(gt)), gt][:, None] > s  # (M, V): right video above this one
+        out[encoder] = {a: 100.0 * float(right[differing == a].mean()) for a in ATTRIBUTES if (differing == a).any()}
+    return out
+
+
+def one_attribute_pairs(root: Path) -> dict[str, int]:
+    """How many (caption, wrong video) pairs of the corpus's test split differ in each attribute alone: the sample
+    behind each grounding figure."""
+    from clipbert.synthetic import load_corpus
+
+    events = [[e.key() for e in v.events] for v in load_corpus(root).videos if v.split == "test"]
+    kinds = [only_attribute(a, b) for a in events for b in events]
+    return {a: kinds.count(a) for a in GROUNDED}
+
+
+def attribute_only_r1(root: Path, attributes: tuple[str, ...]) -> float:
+    """Test R@1 (percent) of a ranker that is perfect on ``attributes`` and blind to the rest: each caption's
+    video ties with every test video whose events share those attributes (in either order), ranked at random."""
+    from clipbert.synthetic import load_corpus
+
+    test = [v for v in load_corpus(root).videos if v.split == "test"]
+    keys = [tuple(sorted(tuple(getattr(e, a) for a in attributes) for e in v.events)) for v in test]
+    return 100.0 * sum(1.0 / keys.count(k) for k in keys) / len(keys)
+
+
+def colour_only_r1(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> float:
+    """attribute_only_r1 of colour on the run's corpus: the R@1 that colour alone gives."""
+    return attribute_only_r1(Path(load_config(preset, sets).data.root), ("color",))
+
+
+def only_attribute(a: list[tuple[str, ...]], b: list[tuple[str, ...]]) -> str:
+    """The attribute name (synthetic.ATTRIBUTES order) in which two-event videos a and b alone differ, with their
+    events aligned the way that differs in fewer slots; "" when they differ in more than one attribute or none."""
+    from clipbert.synthetic import ATTRIBUTES
+
+    names = list(ATTRIBUTES)
+    aligned = min(([i for x, y in zip(a, bb) for i in range(len(names)) if x[i] != y[i]] for bb in (b, b[::-1])),
+                  key=len)
+    return names[aligned[0]] if aligned and len(set(aligned)) == 1 else ""
+
+
 def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[dict | None, int | None]:
     """(test metrics, step of the checkpoint chosen on validation): the job's own final_metrics.json, else the best
     kept checkpoint scored here, on the same test rows and with the same dense inference."""
@@ -380,6 +449,8 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     wall_s = time.time() - t0
     test, step = test_metrics(result, run.directory, mode.preset, sets)
     record["train_fit"] = train_fit(result, run.directory, mode.preset, sets)
+    record["grounding"] = grounding(result, run.directory, mode.preset, sets)
+    record["colour_only_r1"] = colour_only_r1(result, run.directory, mode.preset, sets)
     hit = next((p for p in result["curve"] if meets_targets(p)), None)
     record.update(result, wall_s=wall_s, test=test, test_step=step, preset=mode.preset,
                   val_best={k: max((p[k] for p in result["curve"] if k in p), default=None) for k in TARGETS},
@@ -388,12 +459,17 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     return record
 
 
-def fill_train_fit(records_dir: Path, workdir: Path) -> None:
-    """Score the training-set fit of records written without it, from their runs under WORKDIR/runs, when the run
+# record key -> what scores it from the run
+DIAGNOSTICS = {"train_fit": train_fit, "grounding": grounding, "colour_only_r1": colour_only_r1}
+
+
+def fill_diagnostics(records_dir: Path, workdir: Path) -> None:
+    """Score the DIAGNOSTICS of records written without them, from their runs under WORKDIR/runs, when the run
     there is still the one the record describes (same test figures)."""
     for path in sorted(records_dir.glob("*.json")):
         record = json.loads(path.read_text())
-        if record.get("train_fit") is not None:
+        missing = [key for key in DIAGNOSTICS if record.get(key) is None]
+        if not missing:
             continue
         run_dir = workdir / "runs" / f"learn_{record['mode']}_s{record['seed']}"
         final = run_dir / "final_metrics.json"
@@ -401,11 +477,12 @@ def fill_train_fit(records_dir: Path, workdir: Path) -> None:
         args = record["command"].split()
         sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
         if test_metrics(run, run_dir, record["preset"], sets) != (record["test"], record["test_step"]):
-            print(f"{path.name}: {run_dir} no longer holds this record's run; train fit left out")
+            print(f"{path.name}: {run_dir} no longer holds this record's run; {', '.join(missing)} left out")
             continue
-        record["train_fit"] = train_fit(run, run_dir, record["preset"], sets)
+        for key in missing:
+            record[key] = DIAGNOSTICS[key](run, run_dir, record["preset"], sets)
+            print(f"{path.name}: {key} {record[key]}")
         path.write_text(json.dumps(record, indent=1, default=float))
-        print(f"{path.name}: train fit {record['train_fit']}")
 
 
 def _fmt_point(p: dict[str, float]) -> str:
@@ -443,6 +520,19 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
                      else None for get, keys in ((_test, TABLE_KEYS), (_fit, FIT_KEYS)) for k in keys]
             rows.append([f"{MODES[name].label}: mean", "all", *means, "", "", "", "", "", "", ""])
     return rows
+
+
+def corpus_root(record: dict[str, Any]) -> Path | None:
+    """The retrieval corpus a record's run trained on (its command's data.root), if it names one."""
+    roots = [a.split("=", 1)[1] for a in record.get("command", "").split() if a.startswith("data.root=")]
+    return Path(roots[-1]) if roots else None
+
+
+def grounding_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per record with a grounding diagnostic: mode, seed, cross then dual encoder per GROUNDED attribute,
+    and the test R@1 that colour alone gives on the record's corpus."""
+    return [[r["label"], r["seed"], *((r["grounding"].get(e) or {}).get(a) for e in ("cross", "dual")
+                                      for a in GROUNDED), r.get("colour_only_r1")] for r in records if r.get("grounding")]
 
 
 def verdicts(records: list[dict[str, Any]]) -> list[str]:
@@ -513,6 +603,14 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
                 f"train R@1 / train dual: the same checkpoint on {FIT_VIDEOS} training videos",
                 ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "train R@1", "train dual", "ckpt step", "steps",
                  "pretrain min", "wall min", "stopped", "date", "load"], table_rows(records))
+    if grounded := grounding_rows(records):
+        print_table("what each chosen checkpoint tells apart on TEST: pairs of videos that differ in one attribute only, "
+                    "percent ranked right (chance 50)",
+                    ["mode", "seed", *(f"{e} {a}" for e in ("cross", "dual") for a in GROUNDED),
+                     "colour-only R@1"], grounded)
+        for seed, root in sorted({(r["seed"], corpus_root(r)) for r in records if r.get("grounding")}):
+            if root and (root / "corpus.json").exists():
+                print(f"seed {seed}: one-attribute pairs in the test split {one_attribute_pairs(root)}")
     lines = verdicts(records)
     print("\n" + "\n".join(lines))
     plot(records, out / "learn.png")
@@ -530,8 +628,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default="image_text", help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--seed", type=int, default=0, help="seed of the retrieval corpus (400 / 100 / 100 videos)")
     p.add_argument("--merge-only", action="store_true", help="only merge the records already written")
-    p.add_argument("--fill-train-fit", action="store_true",
-                   help="score the training-set fit of records written without it (from their runs in --workdir)")
+    p.add_argument("--fill-diagnostics", action="store_true",
+                   help="score the training-set fit and test grounding of records written without them (from their "
+                        "runs in --workdir)")
     p.add_argument("--max-side", type=int, default=160, help="longer side of the stored frames")
     p.add_argument("--budget-min", type=float, default=20.0, help="wall-time budget per mode (minutes)")
     p.add_argument("--num-workers", type=int, default=1,
@@ -563,8 +662,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out, records = Path(args.output), Path(args.records)
-    if args.fill_train_fit:
-        fill_train_fit(records, Path(args.workdir).resolve())
+    if args.fill_diagnostics:
+        fill_diagnostics(records, Path(args.workdir).resolve())
     elif not args.merge_only:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if unknown := [m for m in modes if m not in MODES]:

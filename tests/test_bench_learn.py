@@ -57,7 +57,7 @@ def test_a_budget_stopped_run_is_scored_from_its_best_kept_checkpoint(learn, tmp
     assert learn.best_kept_checkpoint(tmp_path / "none", curve, "t2v_r1") is None
 
 
-def test_train_fit_is_filled_only_from_the_run_a_record_describes(learn, tmp_path, capsys):
+def test_diagnostics_are_filled_only_from_the_run_a_record_describes(learn, tmp_path, capsys):
     records = tmp_path / "records"
     records.mkdir()
     record = {**_record("scratch_sparse", 0, 20, 70), "preset": "synthetic_tiny",
@@ -66,6 +66,42 @@ def test_train_fit_is_filled_only_from_the_run_a_record_describes(learn, tmp_pat
     run_dir = tmp_path / "work" / "runs" / "learn_scratch_sparse_s0"
     run_dir.mkdir(parents=True)
     (run_dir / "final_metrics.json").write_text(json.dumps({"test": {"t2v_r1": 99.0}, "step": 9}))  # a later run
-    learn.fill_train_fit(records, tmp_path / "work")
-    assert "no longer holds this record's run" in capsys.readouterr().out
-    assert "train_fit" not in json.loads((records / "scratch_sparse_s0.json").read_text())
+    learn.fill_diagnostics(records, tmp_path / "work")
+    assert "no longer holds this record's run; train_fit, grounding, colour_only_r1 left out" in capsys.readouterr().out
+    assert not set(learn.DIAGNOSTICS) & set(json.loads((records / "scratch_sparse_s0.json").read_text()))
+
+
+def test_only_attribute_aligns_the_events_the_way_that_differs_least(learn):
+    red, blue = ("red", "circle", "left"), ("blue", "square", "up")
+    assert learn.only_attribute([red, blue], [("green", "circle", "left"), blue]) == "color"
+    assert learn.only_attribute([red, blue], [blue, ("red", "cross", "left")]) == "shape"  # event order swapped
+    assert learn.only_attribute([red, blue], [("red", "circle", "up"), ("blue", "square", "down")]) == "direction"
+    assert learn.only_attribute([red, blue], [("green", "cross", "left"), blue]) == ""  # colour and shape
+    assert learn.only_attribute([red, blue], [blue, red]) == ""  # the same events
+
+
+def test_attribute_only_r1_counts_the_ties_that_the_blind_attributes_leave(learn, tmp_path):
+    from clipbert.synthetic import synthesize_corpus
+
+    root = tmp_path / "corpus"
+    info = synthesize_corpus(root, n_videos=12, seed=3, val_videos=1, test_videos=6, sizes=((32, 32),),
+                             min_duration=0.2, max_duration=0.3)
+    test = [v for v in info.videos if v.split == "test"]
+    colours = [frozenset(e.color for e in v.events) for v in test]  # the two colours of a video always differ
+    expected = 100.0 * sum(1 / colours.count(c) for c in colours) / len(test)
+    assert expected < 100.0  # this seed's test videos share a colour pair
+    assert learn.attribute_only_r1(root, ("color",)) == pytest.approx(expected)
+    assert learn.attribute_only_r1(root, ("color", "shape", "direction")) == 100.0  # unique event pairs
+    pairs = learn.one_attribute_pairs(root)
+    assert set(pairs) == {"color", "shape", "direction"}
+    assert all(n % 2 == 0 for n in pairs.values())  # each pair of videos counts once as either's wrong video
+    ties = sum(colours.count(c) - 1 for c in colours)  # ordered pairs of test videos with the same two colours
+    assert pairs["shape"] + pairs["direction"] <= ties
+
+
+def test_grounding_table_has_a_row_per_diagnosed_record(learn):
+    records = [_record("scratch_sparse", 0, 20, 70), _record("image_text", 0, 30, 80)]
+    records[1]["grounding"] = {"cross": {"color": 98.0, "shape": 55.0}, "dual": {"color": 99.0, "shape": 80.0,
+                                                                                 "direction": 90.0}}
+    records[1]["colour_only_r1"] = 15.0
+    assert learn.grounding_rows(records) == [["image_text", 0, 98.0, 55.0, None, 99.0, 80.0, 90.0, 15.0]]
