@@ -22,7 +22,8 @@ best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING 
 as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
 is underfitting, not overfitting. And on the test split, for caption / wrong-video pairs whose videos differ in one
 attribute only (colour, shape or direction), how often each encoder ranks the right video above the wrong one
-(chance 50): what the model has grounded in pixels, beyond what R@1 says. Wall time counts from the first launch
+(chance 50): what the model has grounded in pixels, beyond what R@1 says; for image_text, also the pretrained
+checkpoint's masked-word accuracy on held-out stills per attribute. Wall time counts from the first launch
 of the mode (Ray start-up, evaluations, checkpoints and pretraining included; these diagnostics not).
 
 Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``bench/learn_records/``, kept in
@@ -318,8 +319,10 @@ def grounding(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
     differing = np.array([[only_attribute(events[videos[g]], events[v]) for v in videos] for g in gt])  # (M, V)
     model, _ = load_checkpoint(checkpoint)
     scores, itc = retrieval_scores(model, cfg, videos, captions, torch.device("cpu"))
-    out = {}
+    out: dict[str, dict[str, float]] = {"cross": {}, "dual": {}}
     for encoder, s in (("cross", scores), ("dual", itc)):
+        if s is None:  # no contrastive heads: no dual encoder
+            continue
         right = s[np.arange(len(gt)), gt][:, None] > s  # (M, V): right video above this one
         out[encoder] = {a: 100.0 * float(right[differing == a].mean()) for a in ATTRIBUTES if (differing == a).any()}
     return out
@@ -398,6 +401,44 @@ def image_text_checkpoint(stills: Path, workdir: Path, args: argparse.Namespace,
     return run.directory / "best", result
 
 
+def word_grounding(checkpoint: Path, stills: Path) -> dict[str, float]:
+    """Masked-word accuracy of an image-text pretrained checkpoint on its held-out stills, per attribute: each
+    colour, shape or direction word of every held-out caption masked alone and predicted among that attribute's
+    words (percent; chance 100 / the number of words: colour 17, shape and direction 25)."""
+    import numpy as np
+    import torch
+
+    from clipbert.checkpoint import load_checkpoint
+    from clipbert.clips import open_store, video_clips
+    from clipbert.synthetic import ATTRIBUTES
+    from clipbert.text import cached_tokenizer, tokenize
+    from clipbert.training import prepare_task
+
+    cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}"])
+    model, _ = load_checkpoint(checkpoint)
+    model.eval()
+    store, tok = open_store(cfg.data.frame_store), cached_tokenizer(cfg.data.tokenizer)
+    words = {a: tok.convert_tokens_to_ids(list(values)) for a, values in ATTRIBUTES.items()}  # attribute -> ids
+    attribute_of = {i: a for a, ids in words.items() for i in ids}
+    right = dict.fromkeys(ATTRIBUTES, 0)
+    total = dict.fromkeys(ATTRIBUTES, 0)
+    with torch.no_grad():
+        for row in prepare_task(cfg).val:
+            clip = video_clips(store, row["video_id"], cfg, train=False, rng=np.random.default_rng(0))
+            grid = model.encode_grid(torch.from_numpy(clip)[None])  # (1, 1, h, w, D)
+            enc = tokenize(tok, row["texts"][:1], cfg.data.max_txt_len)
+            ids, mask = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])  # (1, L)
+            for pos in [p for p in range(ids.shape[1]) if int(ids[0, p]) in attribute_of]:
+                target = int(ids[0, pos])
+                masked, picked = ids.clone(), torch.zeros_like(ids, dtype=torch.bool)
+                masked[0, pos], picked[0, pos] = tok.mask_token_id, True
+                logits, _ = model.pretrain_logits(grid, masked[:, None], mask[:, None], picked[:, None])  # (1, V)
+                candidates = words[attribute_of[target]]
+                right[attribute_of[target]] += candidates[int(logits[0, candidates].argmax())] == target
+                total[attribute_of[target]] += 1
+    return {a: 100.0 * right[a] / total[a] for a in ATTRIBUTES if total[a]}
+
+
 def attribute_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The attribute-supervised CNN (colour, shape, direction labels) on a video corpus of its own seed, cached."""
     from clipbert.cnn_pretrain import pretrain_cnn
@@ -443,6 +484,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     if name == "image_text":
         checkpoint, record["pretrain"] = image_text_checkpoint(stills, workdir, args, t0, deadline)
         sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.finetune_epochs}"]
+        pretrained = checkpoint
     run = Run(f"learn_{name}_s{args.seed}", "train.py", mode.preset, sets, workdir / "runs",
               Path(args.output) / "learn_runs" / f"{name}_s{args.seed}.log")
     result = run.watch(args.num_workers, t0, deadline, name)
@@ -451,6 +493,8 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     record["train_fit"] = train_fit(result, run.directory, mode.preset, sets)
     record["grounding"] = grounding(result, run.directory, mode.preset, sets)
     record["colour_only_r1"] = colour_only_r1(result, run.directory, mode.preset, sets)
+    if name == "image_text":
+        record["pretrain"]["word_grounding"] = word_grounding(pretrained, stills)
     hit = next((p for p in result["curve"] if meets_targets(p)), None)
     record.update(result, wall_s=wall_s, test=test, test_step=step, preset=mode.preset,
                   val_best={k: max((p[k] for p in result["curve"] if k in p), default=None) for k in TARGETS},
@@ -464,25 +508,41 @@ DIAGNOSTICS = {"train_fit": train_fit, "grounding": grounding, "colour_only_r1":
 
 
 def fill_diagnostics(records_dir: Path, workdir: Path) -> None:
-    """Score the DIAGNOSTICS of records written without them, from their runs under WORKDIR/runs, when the run
-    there is still the one the record describes (same test figures)."""
+    """Score the DIAGNOSTICS (and an image_text record's pretraining word grounding) of records written without them,
+    from their runs under WORKDIR/runs, when the run there is still the one the record describes (same figures)."""
     for path in sorted(records_dir.glob("*.json")):
         record = json.loads(path.read_text())
-        missing = [key for key in DIAGNOSTICS if record.get(key) is None]
-        if not missing:
-            continue
-        run_dir = workdir / "runs" / f"learn_{record['mode']}_s{record['seed']}"
-        final = run_dir / "final_metrics.json"
-        run = {"final_metrics": json.loads(final.read_text()) if final.exists() else None, "curve": record["curve"]}
-        args = record["command"].split()
-        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-        if test_metrics(run, run_dir, record["preset"], sets) != (record["test"], record["test_step"]):
-            print(f"{path.name}: {run_dir} no longer holds this record's run; {', '.join(missing)} left out")
-            continue
-        for key in missing:
-            record[key] = DIAGNOSTICS[key](run, run_dir, record["preset"], sets)
-            print(f"{path.name}: {key} {record[key]}")
-        path.write_text(json.dumps(record, indent=1, default=float))
+        filled = fill_run_diagnostics(path.name, record, workdir / "runs" / f"learn_{record['mode']}_s{record['seed']}")
+        pretrain = record.get("pretrain") or {}
+        if record["mode"] == "image_text" and pretrain.get("word_grounding") is None:
+            pretrain_dir = workdir / "runs" / f"learn_image_text_pretrain_s{record['seed']}"
+            final = pretrain_dir / "final_metrics.json"
+            if not final.exists() or json.loads(final.read_text()) != pretrain.get("final_metrics"):
+                print(f"{path.name}: {pretrain_dir} no longer holds this record's pretraining; word grounding left out")
+            else:
+                pretrain["word_grounding"] = word_grounding(pretrain_dir / "best", Path(pretrain["corpus"]))
+                print(f"{path.name}: pretraining word grounding {pretrain['word_grounding']}")
+                filled = True
+        if filled:
+            path.write_text(json.dumps(record, indent=1, default=float))
+
+
+def fill_run_diagnostics(name: str, record: dict[str, Any], run_dir: Path) -> bool:
+    """Add the DIAGNOSTICS missing from a record from its run in run_dir; False when none was added."""
+    missing = [key for key in DIAGNOSTICS if record.get(key) is None]
+    if not missing:
+        return False
+    final = run_dir / "final_metrics.json"
+    run = {"final_metrics": json.loads(final.read_text()) if final.exists() else None, "curve": record["curve"]}
+    args = record["command"].split()
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    if test_metrics(run, run_dir, record["preset"], sets) != (record["test"], record["test_step"]):
+        print(f"{name}: {run_dir} no longer holds this record's run; {', '.join(missing)} left out")
+        return False
+    for key in missing:
+        record[key] = DIAGNOSTICS[key](run, run_dir, record["preset"], sets)
+        print(f"{name}: {key} {record[key]}")
+    return True
 
 
 def _fmt_point(p: dict[str, float]) -> str:
@@ -531,8 +591,8 @@ def corpus_root(record: dict[str, Any]) -> Path | None:
 def grounding_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     """One row per record with a grounding diagnostic: mode, seed, cross then dual encoder per GROUNDED attribute,
     and the test R@1 that colour alone gives on the record's corpus."""
-    return [[r["label"], r["seed"], *((r["grounding"].get(e) or {}).get(a) for e in ("cross", "dual")
-                                      for a in GROUNDED), r.get("colour_only_r1")] for r in records if r.get("grounding")]
+    return [[r["label"], r["seed"], *(r["grounding"][e].get(a) for e in ("cross", "dual") for a in GROUNDED),
+             r.get("colour_only_r1")] for r in records if r.get("grounding")]
 
 
 def verdicts(records: list[dict[str, Any]]) -> list[str]:
@@ -604,13 +664,17 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
                 ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "train R@1", "train dual", "ckpt step", "steps",
                  "pretrain min", "wall min", "stopped", "date", "load"], table_rows(records))
     if grounded := grounding_rows(records):
-        print_table("what each chosen checkpoint tells apart on TEST: pairs of videos that differ in one attribute only, "
-                    "percent ranked right (chance 50)",
+        print_table("what each chosen checkpoint tells apart on TEST: pairs of videos that differ in one attribute "
+                    "only, percent ranked right (chance 50)",
                     ["mode", "seed", *(f"{e} {a}" for e in ("cross", "dual") for a in GROUNDED),
                      "colour-only R@1"], grounded)
         for seed, root in sorted({(r["seed"], corpus_root(r)) for r in records if r.get("grounding")}):
             if root and (root / "corpus.json").exists():
                 print(f"seed {seed}: one-attribute pairs in the test split {one_attribute_pairs(root)}")
+    if words := [[r["label"], r["seed"], *(r["pretrain"]["word_grounding"].get(a) for a in GROUNDED)]
+                 for r in records if (r.get("pretrain") or {}).get("word_grounding")]:
+        print_table("image-text pretraining: held-out masked-word accuracy among each attribute's words, percent "
+                    "(chance colour 17, shape and direction 25)", ["mode", "seed", *GROUNDED], words)
     lines = verdicts(records)
     print("\n" + "\n".join(lines))
     plot(records, out / "learn.png")

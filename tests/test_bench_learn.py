@@ -105,3 +105,39 @@ def test_grounding_table_has_a_row_per_diagnosed_record(learn):
                                                                                  "direction": 90.0}}
     records[1]["colour_only_r1"] = 15.0
     assert learn.grounding_rows(records) == [["image_text", 0, 98.0, 55.0, None, 99.0, 80.0, 90.0, 15.0]]
+
+
+class _ConstantModel:
+    """A stand-in pretrained model whose masked-word logits favour one token id wherever it is asked."""
+
+    def __init__(self, favoured: int, vocab: int):
+        self.logits = torch.zeros(1, vocab)
+        self.logits[0, favoured] = 1.0
+
+    def eval(self):
+        return self
+
+    def encode_grid(self, frames):
+        return torch.zeros(1, 1, 3, 3, 4)
+
+    def pretrain_logits(self, grid, ids, mask, picked):
+        assert int(picked.sum()) == 1 and int(ids[picked]) != 0  # one masked position, not padding
+        return self.logits, None
+
+
+def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attributes_words(learn, tiny_stills,
+                                                                                           monkeypatch):
+    import clipbert.checkpoint
+    from clipbert.synthetic import ATTRIBUTES, tokenize_words
+    from clipbert.text import cached_tokenizer
+
+    tok = cached_tokenizer(str(tiny_stills / "tokenizer"))
+    square = tok.convert_tokens_to_ids("square")
+    monkeypatch.setattr(clipbert.checkpoint, "load_checkpoint", lambda path: (_ConstantModel(square, len(tok)), None))
+    accuracy = learn.word_grounding(tiny_stills / "unused", tiny_stills)
+    captions = [json.loads(line)["caption"] for line in (tiny_stills / "txt" / "pretrain_val.jsonl").open()]
+    said = {a: [w for c in captions for w in tokenize_words(c) if w in values] for a, values in ATTRIBUTES.items()}
+    # "square" wins among the shapes; colours and directions get equal logits, so the first word of each wins
+    expected = {"color": said["color"].count(ATTRIBUTES["color"][0]), "shape": said["shape"].count("square"),
+                "direction": said["direction"].count(ATTRIBUTES["direction"][0])}
+    assert accuracy == pytest.approx({a: 100.0 * n / len(said[a]) for a, n in expected.items()})
