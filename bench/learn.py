@@ -30,8 +30,8 @@ Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``
 the repository with its date and load average, so the table is built over several sessions and machines) and the
 runs' logs under OUT/learn_runs/; every invocation then merges all records into OUT/learn.json, the table (each
 seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges; ``--fill-diagnostics`` scores the
-training-set fit and the grounding of records written without them, from their runs under ``--workdir`` when those
-are still the runs the records describe.
+training-set fit and the grounding (and image_text's word grounding) of records written without them, from their
+runs under ``--workdir`` when those are still the runs the records describe.
 
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
 ``--attribute-epochs``, and for image_text ``--pretrain-epochs`` then ``--finetune-epochs``), so that no mode is
