@@ -277,21 +277,27 @@ def chosen_checkpoint(run: dict[str, Any], run_dir: Path, metric: str) -> Path |
     return best_kept_checkpoint(run_dir, run["curve"], metric)
 
 
+def chosen_model(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[Any, Any] | None:
+    """(config, model) of the run's checkpoint chosen on validation; None when the run kept no checkpoint."""
+    from clipbert.checkpoint import load_checkpoint
+
+    cfg = load_config(preset, sets)
+    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
+    return None if checkpoint is None else (cfg, load_checkpoint(checkpoint)[0])
+
+
 def train_fit(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, float] | None:
     """Text-to-video R@1 (cross and dual encoder) of the checkpoint chosen on validation on the first FIT_VIDEOS
     training videos, scored as the test split is: how well the model fits what it trained on (near its test figures
     = underfitting); None when the run kept no checkpoint."""
     import torch
 
-    from clipbert.checkpoint import load_checkpoint
     from clipbert.evaluation import evaluate
     from clipbert.training import prepare_task
 
-    cfg = load_config(preset, sets)
-    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
-    if checkpoint is None:
+    if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
         return None
-    model, _ = load_checkpoint(checkpoint)
+    cfg, model = chosen
     metrics = evaluate(model, cfg, prepare_task(cfg).train[:FIT_VIDEOS], torch.device("cpu"))
     return {k: metrics[k] for k in FIT_KEYS}
 
@@ -304,20 +310,17 @@ def grounding(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
     import numpy as np
     import torch
 
-    from clipbert.checkpoint import load_checkpoint
     from clipbert.data import retrieval_eval_lists
     from clipbert.evaluation import retrieval_scores
     from clipbert.synthetic import ATTRIBUTES, load_corpus
     from clipbert.training import prepare_task
 
-    cfg = load_config(preset, sets)
-    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
-    if checkpoint is None:
+    if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
         return None
+    cfg, model = chosen
     videos, captions, gt = retrieval_eval_lists(prepare_task(cfg).test)
     events = {v.video_id: [e.key() for e in v.events] for v in load_corpus(cfg.data.root).videos}
     differing = np.array([[only_attribute(events[videos[g]], events[v]) for v in videos] for g in gt])  # (M, V)
-    model, _ = load_checkpoint(checkpoint)
     scores, itc = retrieval_scores(model, cfg, videos, captions, torch.device("cpu"))
     out: dict[str, dict[str, float]] = {"cross": {}, "dual": {}}
     for encoder, s in (("cross", scores), ("dual", itc)):
@@ -410,9 +413,9 @@ def word_grounding(checkpoint: Path, stills: Path) -> dict[str, float]:
 
     from clipbert.checkpoint import load_checkpoint
     from clipbert.clips import open_store, video_clips
+    from clipbert.data import load_annotations
     from clipbert.synthetic import ATTRIBUTES
     from clipbert.text import cached_tokenizer, tokenize
-    from clipbert.training import prepare_task
 
     cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}"])
     model, _ = load_checkpoint(checkpoint)
@@ -423,7 +426,7 @@ def word_grounding(checkpoint: Path, stills: Path) -> dict[str, float]:
     right = dict.fromkeys(ATTRIBUTES, 0)
     total = dict.fromkeys(ATTRIBUTES, 0)
     with torch.no_grad():
-        for row in prepare_task(cfg).val:
+        for row in load_annotations(cfg.data.val_file)[0]:  # one held-out caption per row
             clip = video_clips(store, row["video_id"], cfg, train=False, rng=np.random.default_rng(0))
             grid = model.encode_grid(torch.from_numpy(clip)[None])  # (1, 1, h, w, D)
             enc = tokenize(tok, row["texts"][:1], cfg.data.max_txt_len)
@@ -512,19 +515,27 @@ def fill_diagnostics(records_dir: Path, workdir: Path) -> None:
     from their runs under WORKDIR/runs, when the run there is still the one the record describes (same figures)."""
     for path in sorted(records_dir.glob("*.json")):
         record = json.loads(path.read_text())
-        filled = fill_run_diagnostics(path.name, record, workdir / "runs" / f"learn_{record['mode']}_s{record['seed']}")
-        pretrain = record.get("pretrain") or {}
-        if record["mode"] == "image_text" and pretrain.get("word_grounding") is None:
-            pretrain_dir = workdir / "runs" / f"learn_image_text_pretrain_s{record['seed']}"
-            final = pretrain_dir / "final_metrics.json"
-            if not final.exists() or json.loads(final.read_text()) != pretrain.get("final_metrics"):
-                print(f"{path.name}: {pretrain_dir} no longer holds this record's pretraining; word grounding left out")
-            else:
-                pretrain["word_grounding"] = word_grounding(pretrain_dir / "best", Path(pretrain["corpus"]))
-                print(f"{path.name}: pretraining word grounding {pretrain['word_grounding']}")
-                filled = True
+        runs = workdir / "runs"
+        filled = fill_run_diagnostics(path.name, record, runs / f"learn_{record['mode']}_s{record['seed']}")
+        if record["mode"] == "image_text":
+            pretrain_dir = runs / f"learn_image_text_pretrain_s{record['seed']}"
+            filled |= fill_word_grounding(path.name, record["pretrain"], pretrain_dir)
         if filled:
             path.write_text(json.dumps(record, indent=1, default=float))
+
+
+def fill_word_grounding(name: str, pretrain: dict[str, Any], pretrain_dir: Path) -> bool:
+    """Add an image_text record's missing pretraining word grounding from its pretraining run in pretrain_dir;
+    False when it was there already or the run there is another one."""
+    if pretrain.get("word_grounding") is not None:
+        return False
+    final = pretrain_dir / "final_metrics.json"
+    if not final.exists() or json.loads(final.read_text()) != pretrain.get("final_metrics"):
+        print(f"{name}: {pretrain_dir} no longer holds this record's pretraining; word grounding left out")
+        return False
+    pretrain["word_grounding"] = word_grounding(pretrain_dir / "best", Path(pretrain["corpus"]))
+    print(f"{name}: pretraining word grounding {pretrain['word_grounding']}")
+    return True
 
 
 def fill_run_diagnostics(name: str, record: dict[str, Any], run_dir: Path) -> bool:

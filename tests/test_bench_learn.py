@@ -71,6 +71,20 @@ def test_diagnostics_are_filled_only_from_the_run_a_record_describes(learn, tmp_
     assert not set(learn.DIAGNOSTICS) & set(json.loads((records / "scratch_sparse_s0.json").read_text()))
 
 
+def test_word_grounding_is_filled_only_from_the_pretraining_a_record_describes(learn, tmp_path, capsys):
+    pretrain = {"final_metrics": {"val": {"mlm_acc": 60.0}}, "corpus": str(tmp_path / "stills")}
+    pretrain_dir = tmp_path / "pretrain"
+    assert not learn.fill_word_grounding("image_text_s0.json", pretrain, pretrain_dir)  # no run there
+    pretrain_dir.mkdir()
+    (pretrain_dir / "final_metrics.json").write_text(json.dumps({"val": {"mlm_acc": 70.0}}))  # another run
+    assert not learn.fill_word_grounding("image_text_s0.json", pretrain, pretrain_dir)
+    assert capsys.readouterr().out.count("no longer holds this record's pretraining; word grounding left out") == 2
+    assert "word_grounding" not in pretrain
+    done = {**pretrain, "word_grounding": {"color": 75.0}}
+    assert not learn.fill_word_grounding("image_text_s0.json", done, pretrain_dir)  # already there: untouched
+    assert done["word_grounding"] == {"color": 75.0}
+
+
 def test_only_attribute_aligns_the_events_the_way_that_differs_least(learn):
     red, blue = ("red", "circle", "left"), ("blue", "square", "up")
     assert learn.only_attribute([red, blue], [("green", "circle", "left"), blue]) == "color"
