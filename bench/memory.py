@@ -140,6 +140,8 @@ class Sampler:
                     mem = proc.memory_full_info() if uss else proc.memory_info()
             except (psutil.Error, IndexError):  # exited meanwhile, or a zombie
                 continue
+            if mem.rss == 0:  # exiting: its memory already released (no live process has no resident page)
+                continue
             self.titles[proc.pid].add(title)
             anon = mem.rss - mem.shared  # resident pages not backed by a file or shared memory
             for column, value in zip(self._columns, (tick - self.start, proc.pid, mem.rss, anon,
