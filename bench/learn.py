@@ -12,7 +12,10 @@ on the same cores:
   finetuned from that checkpoint (``model.init_checkpoint``: CNN and transformer); pretraining counts in the budget;
 - attribute_cnn:  ``synthetic_tiny`` from a CNN trained to classify each event's colour, shape and direction
   (``clipbert.cnn_pretrain``, on a video corpus of another seed): a labelled upper bound, not a weakly supervised
-  recipe; its 2 minutes of CNN training count in the budget.
+  recipe; its 2 minutes of CNN training count in the budget;
+- image_text_words: image_text with a caption-word CNN first (``clipbert.caption_cnn``: each still predicts the
+  words of its captions from its max-pooled grid, captions only), then image-text pretraining from that CNN, then
+  finetuning; all three stages count in the budget.
 
 Every run evaluates on the validation split (100 videos) as it trains and picks its checkpoint there; the figures
 that matter are the held-out TEST split's (100 other videos, never used to choose anything), read from the run's
@@ -22,20 +25,23 @@ best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING 
 as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
 is underfitting, not overfitting. And on the test split, for caption / wrong-video pairs whose videos differ in one
 attribute only (colour, shape or direction), how often each encoder ranks the right video above the wrong one
-(chance 50): what the model has grounded in pixels, beyond what R@1 says; for image_text, also the pretrained
-checkpoint's masked-word accuracy on held-out stills per attribute. Wall time counts from the first launch
+(chance 50): what the model has grounded in pixels, beyond what R@1 says; what the CNN encodes (a linear probe of
+its max-pooled grid per attribute, fit on train event clips, scored on test ones, for the CNN the finetuning started
+from and for the chosen one); for the image-text modes, also the pretrained checkpoint's masked-word accuracy on
+held-out stills per attribute. Wall time counts from the first launch
 of the mode (Ray start-up, evaluations, checkpoints and pretraining included; these diagnostics not).
 
 Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``bench/learn_records/``, kept in
 the repository with its date and load average, so the table is built over several sessions and machines) and the
 runs' logs under OUT/learn_runs/; every invocation then merges all records into OUT/learn.json, the table (each
 seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges; ``--fill-diagnostics`` scores the
-training-set fit and the grounding (and image_text's word grounding) of records written without them, from their
-runs under ``--workdir`` when those are still the runs the records describe.
+training-set fit, grounding and CNN probe (and the image-text modes' word grounding) of records written without
+them, from their runs under ``--workdir`` when those are still the runs the records describe.
 
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
-``--attribute-epochs``, and for image_text ``--pretrain-epochs`` then ``--finetune-epochs``), so that no mode is
-cut off before its learning rate has decayed; scratch_dense evaluates as often per schedule as scratch_sparse.
+``--attribute-epochs``, for image_text ``--pretrain-epochs`` then ``--finetune-epochs``, for image_text_words
+``--word-min``, ``--words-pretrain-epochs`` then ``--words-finetune-epochs``), so that no mode is cut off before
+its learning rate has decayed; scratch_dense evaluates as often per schedule as scratch_sparse.
 
 Usage:
     python bench/learn.py --output bench_results --modes image_text --seed 0          # one mode, one seed
@@ -73,15 +79,18 @@ from clipbert.config import load_config  # noqa: E402
 class Mode:
     preset: str  # finetuning preset
     label: str  # how the table names it
-    init: str = ""  # "", "image_text" or "attribute_cnn": what the finetuning starts from
+    init: str = ""  # "", "image_text", "image_text_words" or "attribute_cnn": what the finetuning starts from
 
 
 MODES = {
     "scratch_sparse": Mode("synthetic_tiny", "scratch, sparse (N=2, T=2)"),
     "scratch_dense": Mode("synthetic_tiny_dense", "scratch, dense (every stored frame)"),
     "image_text": Mode("synthetic_tiny", "image-text pretrained, sparse", "image_text"),
+    "image_text_words": Mode("synthetic_tiny", "image-text pretrained, caption-word CNN first, sparse",
+                             "image_text_words"),
     "attribute_cnn": Mode("synthetic_tiny", "attribute-supervised CNN (labelled upper bound), sparse", "attribute_cnn"),
 }
+IMAGE_TEXT_MODES = ("image_text", "image_text_words")  # label-free: the targets are theirs to meet
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
@@ -331,6 +340,79 @@ def grounding(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
     return out
 
 
+def event_clips(cfg: Any, split: str) -> tuple[Any, list[tuple[str, ...]]]:
+    """One T=2 clip from the middle of each event of each video of the split: uint8 (M, 1, 2, 3, S, S), and each
+    clip's (colour, shape, direction). An event fills half of its video, so its frames are at 15-35% or 65-85%."""
+    import torch
+
+    from clipbert.clips import open_store, stored_frames
+    from clipbert.synthetic import load_corpus
+
+    store, clips, labels = open_store(cfg.data.frame_store), [], []
+    for video in (v for v in load_corpus(cfg.data.root).videos if v.split == split):
+        n = store.num_frames(video.video_id)
+        for event, (a, b) in zip(video.events, ((0.15, 0.35), (0.65, 0.85))):
+            clips.append(stored_frames(store, video.video_id, [int(a * n), int(b * n)], cfg.model.img_size))
+            labels.append(event.key())
+    return torch.stack(clips)[:, None], labels  # (M, 1, 2, 3, S, S)
+
+
+def linear_probe(model: Any, cfg: Any, weight_decay: float = 1e-2) -> dict[str, float]:
+    """What the CNN's grid encodes, read linearly: one multinomial logistic regression per attribute on the
+    spatially max-pooled clip grid (D features, standardised), fit on the train videos' event clips, accuracy (%)
+    on the test videos' (chance: colour 17, shape and direction 25). One fixed weight decay: nothing is tuned on
+    test."""
+    import torch
+    import torch.nn.functional as F
+
+    from clipbert.synthetic import ATTRIBUTES
+
+    def features(split: str) -> tuple[Any, list[tuple[str, ...]]]:
+        clips, labels = event_clips(cfg, split)
+        with torch.no_grad():
+            grid = torch.cat([model.encode_grid(clips[i:i + 64]) for i in range(0, len(clips), 64)])  # (M,1,h,w,D)
+        return grid.amax(dim=(2, 3))[:, 0], labels  # (M, D)
+
+    model.eval()
+    (train, train_labels), (test, test_labels) = features("train"), features("test")
+    mean, std = train.mean(0), train.std(0) + 1e-5
+    train, test = (train - mean) / std, (test - mean) / std
+    out = {}
+    for k, attribute in enumerate(ATTRIBUTES):
+        values = list(ATTRIBUTES[attribute])
+        y = torch.tensor([values.index(lab[k]) for lab in train_labels])
+        y_test = torch.tensor([values.index(lab[k]) for lab in test_labels])
+        w = torch.zeros(train.shape[1], len(values), requires_grad=True)
+        b = torch.zeros(len(values), requires_grad=True)
+        optimizer = torch.optim.LBFGS([w, b], max_iter=300)
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(train @ w + b, y) + weight_decay * (w ** 2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            out[attribute] = 100.0 * float(((test @ w + b).argmax(1) == y_test).float().mean())
+    return out
+
+
+def cnn_probe(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, dict[str, float]] | None:
+    """linear_probe of the CNN the finetuning started from ("start": random weights seeded as the run, or its
+    init_checkpoint) and of the checkpoint chosen on validation ("chosen"); None when the run kept no checkpoint."""
+    import torch
+
+    from clipbert.checkpoint import build_model
+
+    if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
+        return None
+    cfg, model = chosen
+    torch.manual_seed(cfg.train.seed)
+    start, _ = build_model(cfg.model)
+    return {"start": linear_probe(start, cfg), "chosen": linear_probe(model, cfg)}
+
+
 def one_attribute_pairs(root: Path) -> dict[str, int]:
     """How many (caption, wrong video) pairs of the corpus's test split differ in each attribute alone: the sample
     behind each grounding figure."""
@@ -390,14 +472,14 @@ def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str
 
 
 # ------------------------------------------------------------------------------------------------ modes
-def image_text_checkpoint(stills: Path, workdir: Path, args: argparse.Namespace, t0: float,
-                          deadline: float) -> tuple[Path, dict[str, Any]]:
-    """Image-text pretraining on the stills; returns (its exported best/ checkpoint, its run)."""
-    run = Run(f"learn_image_text_pretrain_s{args.seed}", "pretrain.py", "synthetic_tiny_pretrain",
+def image_text_checkpoint(name: str, stills: Path, workdir: Path, args: argparse.Namespace, t0: float,
+                          deadline: float, extra: list[str]) -> tuple[Path, dict[str, Any]]:
+    """Image-text pretraining on the stills (``extra`` sets last); returns (its exported best/ checkpoint, its run)."""
+    run = Run(f"learn_{name}_pretrain_s{args.seed}", "pretrain.py", "synthetic_tiny_pretrain",
               [f"data.root={stills}", f"optim.num_epochs={args.pretrain_epochs}",
-               f"train.eval_every_steps={args.pretrain_eval_every}", *args.set],
-              workdir / "runs", Path(args.output) / "learn_runs" / f"image_text_pretrain_s{args.seed}.log")
-    result = run.watch(args.num_workers, t0, deadline, "image_text pretrain")
+               f"train.eval_every_steps={args.pretrain_eval_every}", *args.set, *extra],
+              workdir / "runs", Path(args.output) / "learn_runs" / f"{name}_pretrain_s{args.seed}.log")
+    result = run.watch(args.num_workers, t0, deadline, f"{name} pretrain")
     if not (run.directory / "best" / "model.safetensors").exists():
         raise SystemExit(f"image-text pretraining exported no checkpoint ({result['stopped']}); see {run.log}")
     result["corpus"] = str(stills)
@@ -457,6 +539,18 @@ def attribute_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[s
     return out, json.loads((out / "pretrain_metrics.json").read_text())
 
 
+def caption_cnn(stills: Path, workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The CNN pretrained to predict the stills' caption words (clipbert.caption_cnn; captions only), cached."""
+    from clipbert.caption_cnn import pretrain_cnn_on_captions
+
+    cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}", *args.set])
+    key = hashlib.blake2b(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True).encode(), digest_size=4).hexdigest()
+    out = workdir / f"caption_cnn_{stills.name}_{args.word_min:g}min_{key}"
+    if not (out / "pretrain_metrics.json").exists():
+        pretrain_cnn_on_captions(cfg, out, minutes=args.word_min)
+    return out, json.loads((out / "pretrain_metrics.json").read_text())
+
+
 def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One mode on one corpus seed under the budget; returns its record (curves, test figures, load, date).
 
@@ -465,7 +559,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     sets = [f"data.root={root}", f"train.eval_every_steps={args.eval_every}", *args.set]
     record: dict[str, Any] = {"mode": name, "label": mode.label, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
                               "load_avg_before": os.getloadavg()[0], "budget_min": args.budget_min}
-    pretrained_s = 0.0
+    pretrained_s, cnn = 0.0, None
     if name == "scratch_sparse":
         sets += [f"optim.num_epochs={args.sparse_epochs}"]
     elif name == "scratch_dense":  # as many evaluations per schedule as the sparse mode (same steps per epoch)
@@ -476,17 +570,23 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         checkpoint, record["pretrain"] = attribute_cnn(workdir, args)
         pretrained_s = record["pretrain"]["seconds"]  # counted even when the CNN was cached
         sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.attribute_epochs}"]
-    elif name == "image_text":
+    elif name in IMAGE_TEXT_MODES:
         if args.image_seed == args.seed:
             raise SystemExit("--image-seed must differ from --seed")
         stills = prepare_images(workdir, args.images, args.val_images, args.image_seed, args.max_side)
         if (stills / "tokenizer" / "vocab.txt").read_text() != (root / "tokenizer" / "vocab.txt").read_text():
             raise SystemExit(f"{stills}/tokenizer and {root}/tokenizer differ: re-synthesize one of them")
+        if name == "image_text_words":
+            cnn, record["caption_cnn"] = caption_cnn(stills, workdir, args)
+            pretrained_s = record["caption_cnn"]["seconds"]  # counted even when the CNN was cached
     t0 = time.time() - pretrained_s
     deadline = t0 + 60.0 * args.budget_min
-    if name == "image_text":
-        checkpoint, record["pretrain"] = image_text_checkpoint(stills, workdir, args, t0, deadline)
-        sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.finetune_epochs}"]
+    if name in IMAGE_TEXT_MODES:
+        words = name == "image_text_words"
+        extra = [f"model.init_checkpoint={cnn}", f"optim.num_epochs={args.words_pretrain_epochs}"] if words else []
+        checkpoint, record["pretrain"] = image_text_checkpoint(name, stills, workdir, args, t0, deadline, extra)
+        epochs = args.words_finetune_epochs if words else args.finetune_epochs
+        sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={epochs}"]
         pretrained = checkpoint
     run = Run(f"learn_{name}_s{args.seed}", "train.py", mode.preset, sets, workdir / "runs",
               Path(args.output) / "learn_runs" / f"{name}_s{args.seed}.log")
@@ -496,7 +596,8 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     record["train_fit"] = train_fit(result, run.directory, mode.preset, sets)
     record["grounding"] = grounding(result, run.directory, mode.preset, sets)
     record["colour_only_r1"] = colour_only_r1(result, run.directory, mode.preset, sets)
-    if name == "image_text":
+    record["cnn_probe"] = cnn_probe(result, run.directory, mode.preset, sets)
+    if name in IMAGE_TEXT_MODES:
         record["pretrain"]["word_grounding"] = word_grounding(pretrained, stills)
     hit = next((p for p in result["curve"] if meets_targets(p)), None)
     record.update(result, wall_s=wall_s, test=test, test_step=step, preset=mode.preset,
@@ -507,7 +608,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
 
 
 # record key -> what scores it from the run
-DIAGNOSTICS = {"train_fit": train_fit, "grounding": grounding, "colour_only_r1": colour_only_r1}
+DIAGNOSTICS = {"train_fit": train_fit, "grounding": grounding, "colour_only_r1": colour_only_r1, "cnn_probe": cnn_probe}
 
 
 def fill_diagnostics(records_dir: Path, workdir: Path) -> None:
@@ -517,8 +618,8 @@ def fill_diagnostics(records_dir: Path, workdir: Path) -> None:
         record = json.loads(path.read_text())
         runs = workdir / "runs"
         filled = fill_run_diagnostics(path.name, record, runs / f"learn_{record['mode']}_s{record['seed']}")
-        if record["mode"] == "image_text":
-            pretrain_dir = runs / f"learn_image_text_pretrain_s{record['seed']}"
+        if record["mode"] in IMAGE_TEXT_MODES:
+            pretrain_dir = runs / f"learn_{record['mode']}_pretrain_s{record['seed']}"
             filled |= fill_word_grounding(path.name, record["pretrain"], pretrain_dir)
         if filled:
             path.write_text(json.dumps(record, indent=1, default=float))
@@ -576,6 +677,13 @@ def _fit(record: dict[str, Any], key: str) -> float | None:
     return (record.get("train_fit") or {}).get(key)
 
 
+def train_speed(record: dict[str, Any]) -> float | None:
+    """Median training samples/s of the finetuning run's evaluation windows: a run that shared the cores with other
+    work shows it here (one quiet worker: about 100-115 on this machine for synthetic_tiny)."""
+    rates = [p["train_samples_per_s"] for p in record.get("curve", []) if p.get("train_samples_per_s")]
+    return statistics.median(rates) if rates else None
+
+
 def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     """One row per record, then a mean row per mode with more than one seed."""
     rows = []
@@ -584,12 +692,12 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
         for r in mine:
             pre = r.get("pretrain") or {}
             rows.append([r["label"], r["seed"], *(_test(r, k) for k in TABLE_KEYS), *(_fit(r, k) for k in FIT_KEYS),
-                         r["test_step"], r["steps"],
+                         r["test_step"], r["steps"], train_speed(r),
                          pre.get("seconds", 0.0) / 60, r["wall_s"] / 60, r["stopped"], r["date"], r["load_avg"]])
         if len(mine) > 1:
             means = [statistics.mean(v) if len(v := [x for r in mine if (x := get(r, k)) is not None]) == len(mine)
                      else None for get, keys in ((_test, TABLE_KEYS), (_fit, FIT_KEYS)) for k in keys]
-            rows.append([f"{MODES[name].label}: mean", "all", *means, "", "", "", "", "", "", ""])
+            rows.append([f"{MODES[name].label}: mean", "all", *means, "", "", "", "", "", "", "", ""])
     return rows
 
 
@@ -604,6 +712,12 @@ def grounding_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     and the test R@1 that colour alone gives on the record's corpus."""
     return [[r["label"], r["seed"], *(r["grounding"][e].get(a) for e in ("cross", "dual") for a in GROUNDED),
              r.get("colour_only_r1")] for r in records if r.get("grounding")]
+
+
+def probe_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per record that has a CNN probe: start and chosen accuracy per attribute."""
+    return [[r["label"], r["seed"], *(r["cnn_probe"][w].get(a) for w in ("start", "chosen") for a in GROUNDED)]
+            for r in records if r.get("cnn_probe")]
 
 
 def verdicts(records: list[dict[str, Any]]) -> list[str]:
@@ -623,16 +737,19 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         better = sparse_r1 > dense_r1 and sparse_mc > dense_mc
         lines.append(f"2. less is more (same budget): sparse R@1 {sparse_r1:.1f} / MC {sparse_mc:.1f} against dense "
                      f"{dense_r1:.1f} / {dense_mc:.1f}: " + ("holds" if better else "does not hold on both metrics"))
-    it_r1, it_mc = mean("image_text", "t2v_r1"), mean("image_text", "mc_acc")
-    if it_r1 is not None and sparse_r1 is not None:
-        helps = it_r1 > sparse_r1 and it_mc > sparse_mc
-        lines.append(f"3. image-text pretraining helps: R@1 {it_r1:.1f} / MC {it_mc:.1f} against {sparse_r1:.1f} / "
-                     f"{sparse_mc:.1f} from scratch: " + ("holds" if helps else "does not hold on both metrics"))
-    if it_r1 is not None:
-        seeds = [r for r in records if r["mode"] == "image_text"]
+    for name in IMAGE_TEXT_MODES:
+        it_r1, it_mc = mean(name, "t2v_r1"), mean(name, "mc_acc")
+        if it_r1 is None:
+            continue
+        label = MODES[name].label.removesuffix(", sparse")
+        if sparse_r1 is not None:
+            helps = it_r1 > sparse_r1 and it_mc > sparse_mc
+            lines.append(f"3. {label} helps: R@1 {it_r1:.1f} / MC {it_mc:.1f} against {sparse_r1:.1f} / "
+                         f"{sparse_mc:.1f} from scratch: " + ("holds" if helps else "does not hold on both metrics"))
+        seeds = [r for r in records if r["mode"] == name]
         met = [r["seed"] for r in seeds if all((_test(r, k) or 0) >= v for k, v in TARGETS.items())]
-        lines.append(f"targets (test R@1 >= 50 and MC >= 80 within {seeds[0]['budget_min']:g} min, no attribute "
-                     f"labels): met on seeds {met or 'none'} of {[r['seed'] for r in seeds]}")
+        lines.append(f"targets, {label} (test R@1 >= 50 and MC >= 80 within {seeds[0]['budget_min']:g} min, no "
+                     f"attribute labels): met on seeds {met or 'none'} of {[r['seed'] for r in seeds]}")
     return lines
 
 
@@ -673,7 +790,7 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
     print_table("held-out TEST split (100 videos; checkpoint chosen on validation), percent; chance R@1 1, MC 20; "
                 f"train R@1 / train dual: the same checkpoint on {FIT_VIDEOS} training videos",
                 ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "train R@1", "train dual", "ckpt step", "steps",
-                 "pretrain min", "wall min", "stopped", "date", "load"], table_rows(records))
+                 "samples/s", "pretrain min", "wall min", "stopped", "date", "load"], table_rows(records))
     if grounded := grounding_rows(records):
         print_table("what each chosen checkpoint tells apart on TEST: pairs of videos that differ in one attribute "
                     "only, percent ranked right (chance 50)",
@@ -682,6 +799,10 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
         for seed, root in sorted({(r["seed"], corpus_root(r)) for r in records if r.get("grounding")}):
             if root and (root / "corpus.json").exists():
                 print(f"seed {seed}: one-attribute pairs in the test split {one_attribute_pairs(root)}")
+    if probes := probe_rows(records):
+        print_table("what each run's CNN encodes: linear probe of the max-pooled grid on TEST event clips, percent "
+                    "(chance colour 17, shape and direction 25); start = the CNN finetuning began from",
+                    ["mode", "seed", *(f"{w} {a}" for w in ("start", "chosen") for a in GROUNDED)], probes)
     if words := [[r["label"], r["seed"], *(r["pretrain"]["word_grounding"].get(a) for a in GROUNDED)]
                  for r in records if (r.get("pretrain") or {}).get("word_grounding")]:
         print_table("image-text pretraining: held-out masked-word accuracy among each attribute's words, percent "
@@ -725,6 +846,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrain-eval-every", type=int, default=200)
     p.add_argument("--finetune-epochs", type=float, default=76.0,
                    help="image_text finetuning schedule (1,900 steps): fits the budget after pretraining")
+    p.add_argument("--word-min", type=float, default=2.5,
+                   help="image_text_words: minutes of caption-word CNN pretraining on the stills (counted)")
+    p.add_argument("--words-pretrain-epochs", type=float, default=2.0,
+                   help="image_text_words: image-text pretraining epochs from the caption-word CNN (~1,180 steps)")
+    p.add_argument("--words-finetune-epochs", type=float, default=120.0,
+                   help="image_text_words finetuning schedule (3,000 steps): fits the budget after both pretrainings")
     p.add_argument("--cnn-seed", type=int, default=None, help="attribute_cnn's video seed (default: 1 + --seed)")
     p.add_argument("--cnn-min", type=float, default=2.0, help="attribute_cnn: minutes of CNN training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")

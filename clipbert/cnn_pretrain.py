@@ -185,13 +185,20 @@ def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Pa
     metrics = {"steps": step, "seconds": seconds, "final_loss": float(np.mean(losses[-log_every:])) if losses else None,
                "held_out_split": held_out_split, "accuracy_before": before, "accuracy_after": after,
                "corpus": str(corpus_dir)}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({f"cnn.{k}": v.contiguous() for k, v in model.cnn.state_dict().items()}, str(out / WEIGHTS_NAME))
-    (out / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2))
+    out = save_cnn(model.cnn, out_dir, metrics)
     logger.info("pretrained the CNN for %d steps (%.0f s): held-out accuracy %s -> %s; saved to %s",
                 step, seconds, _fmt(before), _fmt(after), out)
     return metrics
+
+
+def save_cnn(cnn: GridFeatBackbone, out_dir: str | Path, metrics: dict) -> Path:
+    """Write a pretrained CNN as ``model.init_checkpoint`` reads it: ``model.safetensors`` (ResNet trunk and grid
+    encoder under ClipBert key names, ``cnn.*``) and ``pretrain_metrics.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({f"cnn.{k}": v.contiguous() for k, v in cnn.state_dict().items()}, str(out / WEIGHTS_NAME))
+    (out / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out
 
 
 def _fmt(acc: dict[str, float]) -> str:

@@ -1,15 +1,23 @@
-"""Pretrain the CNN on a synthesized corpus (event colour/shape/direction), for model.init_checkpoint.
+"""Pretrain the CNN for model.init_checkpoint: on event labels of a synthesized corpus, or on image captions.
 
-Usage (a corpus of its own seed, so none of its videos is in the retrieval splits):
+--objective attributes (default; clipbert.cnn_pretrain): classify each event's colour, shape and direction, a
+labelled stand-in for ImageNet. Usage (a corpus of its own seed, so none of its videos is in the retrieval splits):
     python jobs/synthesize.py --output data/pretrain --seed 1 --splits 400,50,0
     python jobs/preprocess.py --videos data/pretrain/videos --output data/pretrain/frames
     python jobs/pretrain_cnn.py --corpus data/pretrain --output data/cnn_pretrained --minutes 2
     python jobs/train.py --config synthetic_tiny --set data.root=data/synthetic \
         --set model.init_checkpoint=$PWD/data/cnn_pretrained
 
+--objective captions (clipbert.caption_cnn): predict the words of each image's captions, captions only, on the
+caption files and frame store of an image-text pretraining config; then pretrain from it:
+    python jobs/pretrain_cnn.py --objective captions --config synthetic_tiny_pretrain --set data.root=data/stills \
+        --output data/caption_cnn --minutes 2.5
+    python jobs/pretrain.py --config synthetic_tiny_pretrain --set data.root=data/stills \
+        --set model.init_checkpoint=$PWD/data/caption_cnn
+
 Writes OUTPUT/model.safetensors (the ResNet trunk and grid encoder, ClipBert key names) and
-OUTPUT/pretrain_metrics.json (held-out accuracy per attribute before and after). Exits 2 on bad arguments
-or a corpus it cannot read.
+OUTPUT/pretrain_metrics.json (held-out accuracy per attribute, or word recall and loss, before and after). Exits 2
+on bad arguments or data it cannot read.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from clipbert.caption_cnn import pretrain_cnn_on_captions
 from clipbert.cnn_pretrain import pretrain_cnn
 from clipbert.config import load_config
 from clipbert.logs import setup_logging
@@ -30,10 +39,13 @@ logger = logging.getLogger("pretrain_cnn")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", required=True, help="synthesized corpus directory (with corpus.json)")
+    p.add_argument("--objective", choices=("attributes", "captions"), default="attributes",
+                   help="event labels of --corpus, or the caption words of the config's image-text data")
+    p.add_argument("--corpus", default=None, help="attributes: synthesized corpus directory (with corpus.json)")
     p.add_argument("--frames", default=None, help="its frame store (default: CORPUS/frames)")
     p.add_argument("--output", required=True, help="directory for the pretrained CNN weights")
-    p.add_argument("--config", default="synthetic_tiny", help="preset or YAML whose model section is pretrained")
+    p.add_argument("--config", default="synthetic_tiny",
+                   help="preset or YAML whose model section is pretrained (captions: also its data section)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--minutes", type=float, default=2.0, help="training wall time")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps instead (0: use --minutes)")
@@ -47,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
+    if args.objective == "captions":
+        return _captions(args)
+    if args.corpus is None:
+        logger.error("--objective attributes needs --corpus")
+        return 2
     corpus = Path(args.corpus)
     frames = Path(args.frames) if args.frames else corpus / "frames"
     for path, what in ((corpus / "corpus.json", "corpus.json"), (frames, "frame store")):
@@ -64,6 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         pretrain_cnn(cfg.model, corpus, frames, args.output, minutes=args.minutes, max_steps=args.max_steps,
                      batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+def _captions(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.set)
+        if cfg.data.task != "pretrain":
+            raise ValueError(f"--objective captions needs an image-text pretraining config (data.task pretrain), "
+                             f"{args.config} has {cfg.data.task!r}")
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        pretrain_cnn_on_captions(cfg, args.output, minutes=args.minutes, max_steps=args.max_steps,
+                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     return 0

@@ -19,7 +19,9 @@ def _record(mode: str, seed: int, r1: float, mc: float) -> dict:
     return {"mode": mode, "label": mode, "seed": seed, "date": "2026-12-02", "load_avg": 2.0, "budget_min": 20.0,
             "test": {"t2v_r1": r1, "t2v_r5": 90.0, "t2v_medr": 1.0, "itc_t2v_r1": 40.0, "mc_acc": mc}, "test_step": 9,
             "steps": 10, "wall_s": 600.0, "stopped": "schedule finished",
-            "curve": [{"step": 10, "wall_s": 600.0, "t2v_r1": r1, "mc_acc": mc}]}
+            "curve": [{"step": 5, "wall_s": 300.0, "t2v_r1": r1, "train_samples_per_s": 90.0},
+                      {"step": 10, "wall_s": 600.0, "t2v_r1": r1, "mc_acc": mc, "train_samples_per_s": 110.0},
+                      {"step": 15, "wall_s": 900.0, "t2v_r1": r1, "train_samples_per_s": 50.0}]}
 
 
 def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, tmp_path, capsys):
@@ -38,9 +40,10 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     mean = rows[4]
     assert mean[0] == "image-text pretrained, sparse: mean" and mean[2] == 50 and mean[6] == 80
     assert mean[7:9] == [60, 70] and rows[0][7:9] == [None, None]  # training-set fit: means, blank where not scored
+    assert rows[0][11] == 90.0 and len(mean) == len(rows[0])  # median training speed: contention shows per row
     verdicts = "\n".join(payload["verdicts"])
     assert "less is more (same budget): sparse R@1 20.0 / MC 70.0 against dense 10.0 / 50.0: holds" in verdicts
-    assert "image-text pretraining helps: R@1 50.0 / MC 80.0 against 20.0 / 70.0 from scratch: holds" in verdicts
+    assert "image-text pretrained helps: R@1 50.0 / MC 80.0 against 20.0 / 70.0 from scratch: holds" in verdicts
     assert "met on seeds [0] of [0, 11]" in verdicts
     assert (out / "learn.png").stat().st_size > 0 and json.loads((out / "learn.json").read_text())
     assert "held-out TEST split" in capsys.readouterr().out
@@ -67,7 +70,7 @@ def test_diagnostics_are_filled_only_from_the_run_a_record_describes(learn, tmp_
     run_dir.mkdir(parents=True)
     (run_dir / "final_metrics.json").write_text(json.dumps({"test": {"t2v_r1": 99.0}, "step": 9}))  # a later run
     learn.fill_diagnostics(records, tmp_path / "work")
-    assert "no longer holds this record's run; train_fit, grounding, colour_only_r1 left out" in capsys.readouterr().out
+    assert "no longer holds this record's run; train_fit, grounding, colour_only_r1, cnn_probe left out" in capsys.readouterr().out
     assert not set(learn.DIAGNOSTICS) & set(json.loads((records / "scratch_sparse_s0.json").read_text()))
 
 
@@ -155,3 +158,26 @@ def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attrib
     expected = {"color": said["color"].count(ATTRIBUTES["color"][0]), "shape": said["shape"].count("square"),
                 "direction": said["direction"].count(ATTRIBUTES["direction"][0])}
     assert accuracy == pytest.approx({a: 100.0 * n / len(said[a]) for a, n in expected.items()})
+
+
+def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(learn, tiny_corpus, monkeypatch):
+    from clipbert.checkpoint import build_model
+    from clipbert.synthetic import load_corpus
+
+    cfg = tiny_corpus.config("synthetic_tiny")
+    clips, labels = learn.event_clips(cfg, "test")
+    videos = [v for v in load_corpus(tiny_corpus.root).videos if v.split == "test"]
+    assert clips.shape == (2 * len(videos), 1, 2, 3, cfg.model.img_size, cfg.model.img_size)
+    assert labels == [e.key() for v in videos for e in v.events]  # event 1 then event 2 of each video
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model)
+    probe = learn.linear_probe(model, cfg)
+    assert set(probe) == {"color", "shape", "direction"} and all(0 <= v <= 100 for v in probe.values())
+    # a grid that carries nothing but a constant tells no attribute apart beyond the majority guess
+    monkeypatch.setattr(model, "encode_grid", lambda x: torch.ones(len(x), 1, 3, 3, 8))
+    blind = learn.linear_probe(model, cfg)
+    majority = {a: 100 * max(sum(lab[k] == v for lab in labels) for v in set(lab[k] for lab in labels)) / len(labels)
+                for k, a in enumerate(("color", "shape", "direction"))}
+    assert all(blind[a] <= majority[a] + 1e-6 for a in blind)
+    rows = learn.probe_rows([{"label": "m", "seed": 0, "cnn_probe": {"start": probe, "chosen": blind}}, {"label": "n"}])
+    assert rows == [["m", 0, *probe.values(), *blind.values()]]
