@@ -31,6 +31,7 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
                _record("scratch_dense", 0, 10, 50))
     records[0]["train_fit"] = {"t2v_r1": 70, "itc_t2v_r1": 80}
     records[1]["train_fit"] = {"t2v_r1": 50, "itc_t2v_r1": 60}
+    records[0].update(caption_cnn={"seconds": 60.0}, pretrain={"seconds": 120.0})  # both stages before finetuning
     for record in records:
         (runs / f"{record['mode']}_s{record['seed']}.json").write_text(json.dumps(record))
     out = tmp_path / "out"
@@ -41,6 +42,7 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     assert mean[0] == "image-text pretrained, sparse: mean" and mean[2] == 50 and mean[6] == 80
     assert mean[7:9] == [60, 70] and rows[0][7:9] == [None, None]  # training-set fit: means, blank where not scored
     assert rows[0][11] == 90.0 and len(mean) == len(rows[0])  # median training speed: contention shows per row
+    assert rows[2][12] == 3.0 and rows[0][12] == 0.0  # pretraining minutes, every stage counted
     verdicts = "\n".join(payload["verdicts"])
     assert "less is more (same budget): sparse R@1 20.0 / MC 70.0 against dense 10.0 / 50.0: holds" in verdicts
     assert "image-text pretrained helps: R@1 50.0 / MC 80.0 against 20.0 / 70.0 from scratch: holds" in verdicts
