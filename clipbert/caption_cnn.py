@@ -16,7 +16,6 @@ its frame store of 1-frame images. The CNN (ResNet trunk and grid encoder) is sa
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clipbert.clips import open_store, stored_frames
-from clipbert.cnn_pretrain import save_cnn
+from clipbert.cnn_pretrain import save_cnn, train_steps
 from clipbert.config import Config, ModelConfig
 from clipbert.data import load_annotations
 from clipbert.model import GridFeatBackbone
@@ -114,7 +113,6 @@ def pretrain_cnn_on_captions(cfg: Config, out_dir: str | Path, *, minutes: float
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model = CaptionWordModel(cfg.model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-3)
     eval_ids = sorted(held_out)
     eval_frames, eval_words = frames(eval_ids), [held_out[i] for i in eval_ids]
     eval_target = word_targets(eval_words, cfg.model.vocab_size)
@@ -127,23 +125,16 @@ def pretrain_cnn_on_captions(cfg: Config, out_dir: str | Path, *, minutes: float
 
     before = held_out_metrics()
     train_ids = sorted(train)
-    model.train()
-    t0, step, losses = time.time(), 0, []
-    while (step < max_steps) if max_steps > 0 else (time.time() - t0 < 60 * minutes):
+
+    def batch_loss() -> torch.Tensor:
         batch = [train_ids[k] for k in rng.choice(len(train_ids), min(batch_size, len(train_ids)), replace=False)]
-        loss = word_loss(model(frames(batch).float()), word_targets([train[i] for i in batch], cfg.model.vocab_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if step % log_every == 0:
-            logger.info("caption-word step %d loss %.3f (%.0f s)", step, np.mean(losses[-log_every:]), time.time() - t0)
-    seconds = time.time() - t0
-    metrics = {"steps": step, "seconds": seconds, "final_loss": float(np.mean(losses[-log_every:])) if losses else None,
-               "held_out_before": before, "held_out_after": held_out_metrics(), "train_file": cfg.data.train_file,
-               "images": len(train_ids), "held_out_images": len(eval_ids)}
+        return word_loss(model(frames(batch).float()), word_targets([train[i] for i in batch], cfg.model.vocab_size))
+
+    run = train_steps(model, batch_loss, lr=lr, minutes=minutes, max_steps=max_steps, log_every=log_every,
+                      what="caption-word")
+    metrics = {**run, "held_out_before": before, "held_out_after": held_out_metrics(),
+               "train_file": cfg.data.train_file, "images": len(train_ids), "held_out_images": len(eval_ids)}
     save_cnn(model.cnn, out_dir, metrics)
     logger.info("caption-word pretraining: %d steps (%.0f s), held-out word recall %.1f%% -> %.1f%%; saved to %s",
-                step, seconds, before["word_recall"], metrics["held_out_after"]["word_recall"], out_dir)
+                run["steps"], run["seconds"], before["word_recall"], metrics["held_out_after"]["word_recall"], out_dir)
     return metrics

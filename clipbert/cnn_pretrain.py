@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -156,39 +156,45 @@ def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Pa
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model = AttributeClassifier(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
     held_out_split = "val" if videos.get("val") else "train"
     held_out = _draw(videos[held_out_split], store, eval_clips, num_frames, np.random.default_rng(seed + 1))
     eval_frames, eval_labels = _frames(store, held_out, cfg.img_size), _labels(held_out)
     before = accuracy(model, eval_frames, eval_labels)
+
+    def batch_loss() -> torch.Tensor:
+        clips = _draw(videos["train"], store, batch_size, num_frames, rng)
+        labels = _labels(clips)
+        return sum(F.cross_entropy(lg, labels[:, k]) for k, lg in enumerate(model(_frames(store, clips, cfg.img_size))))
+
+    run = train_steps(model, batch_loss, lr=lr, minutes=minutes, max_steps=max_steps, log_every=log_every,
+                      what="pretrain")
+    after = accuracy(model, eval_frames, eval_labels)
+    metrics = {**run, "held_out_split": held_out_split, "accuracy_before": before, "accuracy_after": after,
+               "corpus": str(corpus_dir)}
+    out = save_cnn(model.cnn, out_dir, metrics)
+    logger.info("pretrained the CNN for %d steps (%.0f s): held-out accuracy %s -> %s; saved to %s",
+                run["steps"], run["seconds"], _fmt(before), _fmt(after), out)
+    return metrics
+
+
+def train_steps(model: nn.Module, batch_loss: Callable[[], torch.Tensor], *, lr: float, minutes: float,
+                max_steps: int = 0, log_every: int = 50, what: str = "pretrain") -> dict:
+    """AdamW (weight decay 1e-3) on ``batch_loss()`` for `minutes` of wall time, or `max_steps` steps when > 0,
+    logging the mean loss every `log_every` steps; returns {"steps", "seconds", "final_loss"}."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-3)
     model.train()
     t0, step, losses = time.time(), 0, []
-
-    def more() -> bool:
-        return step < max_steps if max_steps > 0 else time.time() - t0 < 60 * minutes
-
-    while more():
-        clips = _draw(videos["train"], store, batch_size, num_frames, rng)
-        logits = model(_frames(store, clips, cfg.img_size))
-        labels = _labels(clips)
-        loss = sum(F.cross_entropy(lg, labels[:, k]) for k, lg in enumerate(logits))
+    while (step < max_steps) if max_steps > 0 else (time.time() - t0 < 60 * minutes):
+        loss = batch_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
         losses.append(float(loss.detach()))
         if step % log_every == 0:
-            logger.info("pretrain step %d loss %.3f (%.0f s)", step, np.mean(losses[-log_every:]), time.time() - t0)
-    seconds = time.time() - t0
-    after = accuracy(model, eval_frames, eval_labels)
-    metrics = {"steps": step, "seconds": seconds, "final_loss": float(np.mean(losses[-log_every:])) if losses else None,
-               "held_out_split": held_out_split, "accuracy_before": before, "accuracy_after": after,
-               "corpus": str(corpus_dir)}
-    out = save_cnn(model.cnn, out_dir, metrics)
-    logger.info("pretrained the CNN for %d steps (%.0f s): held-out accuracy %s -> %s; saved to %s",
-                step, seconds, _fmt(before), _fmt(after), out)
-    return metrics
+            logger.info("%s step %d loss %.3f (%.0f s)", what, step, np.mean(losses[-log_every:]), time.time() - t0)
+    return {"steps": step, "seconds": time.time() - t0,
+            "final_loss": float(np.mean(losses[-log_every:])) if losses else None}
 
 
 def save_cnn(cnn: GridFeatBackbone, out_dir: str | Path, metrics: dict) -> Path:
