@@ -357,24 +357,24 @@ def event_clips(cfg: Any, split: str) -> tuple[Any, list[tuple[str, ...]]]:
     return torch.stack(clips)[:, None], labels  # (M, 1, 2, 3, S, S)
 
 
-def linear_probe(model: Any, cfg: Any, weight_decay: float = 1e-2) -> dict[str, float]:
+def linear_probe(model: Any, train_clips: tuple[Any, list], test_clips: tuple[Any, list],
+                 weight_decay: float = 1e-2) -> dict[str, float]:
     """What the CNN's grid encodes, read linearly: one multinomial logistic regression per attribute on the
-    spatially max-pooled clip grid (D features, standardised), fit on the train videos' event clips, accuracy (%)
-    on the test videos' (chance: colour 17, shape and direction 25). One fixed weight decay: nothing is tuned on
-    test."""
+    spatially max-pooled clip grid (D features, standardised), fit on the train videos' event clips (event_clips),
+    accuracy (%) on the test videos' (chance: colour 17, shape and direction 25). One fixed weight decay: nothing
+    is tuned on test."""
     import torch
     import torch.nn.functional as F
 
     from clipbert.synthetic import ATTRIBUTES
 
-    def features(split: str) -> tuple[Any, list[tuple[str, ...]]]:
-        clips, labels = event_clips(cfg, split)
+    def features(clips: Any, labels: list[tuple[str, ...]]) -> tuple[Any, list[tuple[str, ...]]]:
         with torch.no_grad():
             grid = torch.cat([model.encode_grid(clips[i:i + 64]) for i in range(0, len(clips), 64)])  # (M,1,h,w,D)
         return grid.amax(dim=(2, 3))[:, 0], labels  # (M, D)
 
     model.eval()
-    (train, train_labels), (test, test_labels) = features("train"), features("test")
+    (train, train_labels), (test, test_labels) = features(*train_clips), features(*test_clips)
     mean, std = train.mean(0), train.std(0) + 1e-5
     train, test = (train - mean) / std, (test - mean) / std
     out = {}
@@ -410,7 +410,8 @@ def cnn_probe(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
     cfg, model = chosen
     torch.manual_seed(cfg.train.seed)
     start, _ = build_model(cfg.model)
-    return {"start": linear_probe(start, cfg), "chosen": linear_probe(model, cfg)}
+    train, test = event_clips(cfg, "train"), event_clips(cfg, "test")
+    return {"start": linear_probe(start, train, test), "chosen": linear_probe(model, train, test)}
 
 
 def one_attribute_pairs(root: Path) -> dict[str, int]:
@@ -684,7 +685,7 @@ def pretrain_minutes(record: dict[str, Any]) -> float:
 
 def train_speed(record: dict[str, Any]) -> float | None:
     """Median training samples/s of the finetuning run's evaluation windows: a run that shared the cores with other
-    work shows it here (one quiet worker: about 100-115 on this machine for synthetic_tiny)."""
+    work shows it here (one worker alone: about 90-100 on this machine for synthetic_tiny)."""
     rates = [p["train_samples_per_s"] for p in record.get("curve", []) if p.get("train_samples_per_s")]
     return statistics.median(rates) if rates else None
 
@@ -696,7 +697,8 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
         mine = [r for r in records if r["mode"] == name]
         for r in mine:
             rows.append([r["label"], r["seed"], *(_test(r, k) for k in TABLE_KEYS), *(_fit(r, k) for k in FIT_KEYS),
-                         r["test_step"], r["steps"], train_speed(r), pretrain_minutes(r), r["wall_s"] / 60, r["stopped"], r["date"], r["load_avg"]])
+                         r["test_step"], r["steps"], train_speed(r), pretrain_minutes(r), r["wall_s"] / 60,
+                         r["stopped"], r["date"], r["load_avg"]])
         if len(mine) > 1:
             means = [statistics.mean(v) if len(v := [x for r in mine if (x := get(r, k)) is not None]) == len(mine)
                      else None for get, keys in ((_test, TABLE_KEYS), (_fit, FIT_KEYS)) for k in keys]

@@ -71,14 +71,9 @@ def word_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(logits.float(), dim=-1)).sum(1).mean()
 
 
-@torch.no_grad()
-def word_recall(model: CaptionWordModel, frames: torch.Tensor, word_lists: Sequence[list[int]],
-                batch_size: int = 64) -> float:
-    """Percent of each image's caption words found among its top-|words| predicted words, averaged over images."""
-    was_training = model.training
-    model.eval()
-    logits = torch.cat([model(frames[i:i + batch_size].float()) for i in range(0, len(frames), batch_size)])
-    model.train(was_training)
+def word_recall(logits: torch.Tensor, word_lists: Sequence[list[int]]) -> float:
+    """Percent of each image's caption words found among its top-|words| word logits (B, vocab), averaged over
+    images."""
     hits = [len(set(logits[i].topk(len(ids)).indices.tolist()) & set(ids)) / len(ids)
             for i, ids in enumerate(word_lists)]
     return 100.0 * float(np.mean(hits))
@@ -117,11 +112,10 @@ def pretrain_cnn_on_captions(cfg: Config, out_dir: str | Path, *, minutes: float
     eval_frames, eval_words = frames(eval_ids), [held_out[i] for i in eval_ids]
     eval_target = word_targets(eval_words, cfg.model.vocab_size)
 
+    @torch.no_grad()
     def held_out_metrics() -> dict[str, float]:
-        with torch.no_grad():
-            loss = word_loss(model(eval_frames.float()), eval_target) if eval_ids else float("nan")
-        return {"word_recall": word_recall(model, eval_frames, eval_words) if eval_ids else float("nan"),
-                "word_loss": float(loss)}
+        logits = torch.cat([model(eval_frames[i:i + 64].float()) for i in range(0, len(eval_frames), 64)])
+        return {"word_recall": word_recall(logits, eval_words), "word_loss": float(word_loss(logits, eval_target))}
 
     before = held_out_metrics()
     train_ids = sorted(train)

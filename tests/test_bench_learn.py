@@ -72,7 +72,8 @@ def test_diagnostics_are_filled_only_from_the_run_a_record_describes(learn, tmp_
     run_dir.mkdir(parents=True)
     (run_dir / "final_metrics.json").write_text(json.dumps({"test": {"t2v_r1": 99.0}, "step": 9}))  # a later run
     learn.fill_diagnostics(records, tmp_path / "work")
-    assert "no longer holds this record's run; train_fit, grounding, colour_only_r1, cnn_probe left out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no longer holds this record's run; train_fit, grounding, colour_only_r1, cnn_probe left out" in out
     assert not set(learn.DIAGNOSTICS) & set(json.loads((records / "scratch_sparse_s0.json").read_text()))
 
 
@@ -173,11 +174,12 @@ def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(learn, tiny
     assert labels == [e.key() for v in videos for e in v.events]  # event 1 then event 2 of each video
     torch.manual_seed(0)
     model, _ = build_model(cfg.model)
-    probe = learn.linear_probe(model, cfg)
+    train = learn.event_clips(cfg, "train")
+    probe = learn.linear_probe(model, train, (clips, labels))
     assert set(probe) == {"color", "shape", "direction"} and all(0 <= v <= 100 for v in probe.values())
     # a grid that carries nothing but a constant tells no attribute apart beyond the majority guess
     monkeypatch.setattr(model, "encode_grid", lambda x: torch.ones(len(x), 1, 3, 3, 8))
-    blind = learn.linear_probe(model, cfg)
+    blind = learn.linear_probe(model, train, (clips, labels))
     majority = {a: 100 * max(sum(lab[k] == v for lab in labels) for v in set(lab[k] for lab in labels)) / len(labels)
                 for k, a in enumerate(("color", "shape", "direction"))}
     assert all(blind[a] <= majority[a] + 1e-6 for a in blind)
