@@ -192,6 +192,19 @@ def _store_contents(root):
     return manifest, frames
 
 
+def _settled_shard_count(out, quiet_s: float = 2.0, limit_s: float = 30.0) -> int:
+    """Finished shards under `out` once no new one has appeared for `quiet_s` seconds (at most `limit_s`)."""
+    count, changed, deadline = -1, time.time(), time.time() + limit_s
+    while time.time() < deadline:
+        now = len(list(out.glob("shards/*/rows.parquet")))
+        if now != count:
+            count, changed = now, time.time()
+        elif time.time() - changed >= quiet_s:
+            break
+        time.sleep(0.05)
+    return count
+
+
 def test_resume_after_a_killed_run_equals_a_clean_run(tmp_path):
     videos = tmp_path / "videos"
     for i in range(10):
@@ -206,7 +219,7 @@ def test_resume_after_a_killed_run_equals_a_clean_run(tmp_path):
         time.sleep(0.01)  # the shards of these small videos are written within about 0.2 s of each other
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    done_before = len(list(out.glob("shards/*/rows.parquet")))
+    done_before = _settled_shard_count(out)  # a Ray worker outside the killed group may finish one more shard
     assert 3 <= done_before < 10, "the run should have been killed part way"
     assert not (out / fs.MANIFEST_FILE).exists()
 
