@@ -185,3 +185,21 @@ def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(learn, tiny
     assert all(blind[a] <= majority[a] + 1e-6 for a in blind)
     rows = learn.probe_rows([{"label": "m", "seed": 0, "cnn_probe": {"start": probe, "chosen": blind}}, {"label": "n"}])
     assert rows == [["m", 0, *probe.values(), *blind.values()]]
+
+
+def test_image_text_words_pretrains_at_the_pretrained_cnn_lr_and_set_overrides_it(learn, tmp_path, monkeypatch):
+    commands = []
+
+    def watch(run, num_workers, t0, deadline, label):
+        commands.append(run.command(num_workers))
+        (run.directory / "best").mkdir(parents=True)
+        (run.directory / "best" / "model.safetensors").write_bytes(b"")
+        return {"stopped": "schedule finished"}
+
+    monkeypatch.setattr(learn.Run, "watch", watch)
+    args = learn.parse_args(["--output", str(tmp_path), "--set", "optim.lr=1e-3"])
+    for name in ("image_text", "image_text_words"):
+        learn.image_text_checkpoint(name, tmp_path / "stills", tmp_path, args, 0.0, 1.0, ["optim.num_epochs=2"])
+    sets = [[c[i + 1] for i, a in enumerate(c) if a == "--set"] for c in commands]
+    assert "optim.cnn_lr=5e-5" not in sets[0]  # image_text: the CNN from random weights keeps the preset's lr
+    assert sets[1].index("optim.cnn_lr=5e-5") < sets[1].index("optim.lr=1e-3") < sets[1].index("optim.num_epochs=2")
