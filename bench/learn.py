@@ -15,7 +15,7 @@ on the same cores:
   recipe; its 2 minutes of CNN training count in the budget;
 - image_text_words: image_text with a caption-word CNN first (``clipbert.caption_cnn``: each still predicts the
   words of its captions from its max-pooled grid, captions only), then image-text pretraining from that CNN, then
-  finetuning; all three stages count in the budget.
+  finetuning, both at the pretrained CNN's learning rate (PRETRAINED_CNN_LR); all three stages count in the budget.
 
 Every run evaluates on the validation split (100 videos) as it trains and picks its checkpoint there; the figures
 that matter are the held-out TEST split's (100 other videos, never used to choose anything), read from the run's
