@@ -15,7 +15,9 @@ on the same cores:
   recipe; its 2 minutes of CNN training count in the budget;
 - image_text_words: image_text with a caption-word CNN first (``clipbert.caption_cnn``: each still predicts the
   words of its captions from its max-pooled grid, captions only), then image-text pretraining from that CNN, then
-  finetuning, both at the pretrained CNN's learning rate (PRETRAINED_CNN_LR); all three stages count in the budget.
+  finetuning, both at the pretrained CNN's learning rate (PRETRAINED_CNN_LR); all three stages count in the budget;
+- caption_cnn:    attribute_cnn's recipe with the caption-word CNN in place of the labelled one: the CNN learns from
+  the stills' captions alone, then ``synthetic_tiny`` is finetuned from it (no MLM + ITM stage), both in the budget.
 
 Every run evaluates on the validation split (100 videos) as it trains and picks its checkpoint there; the figures
 that matter are the held-out TEST split's (100 other videos, never used to choose anything), read from the run's
@@ -39,9 +41,9 @@ training-set fit, grounding and CNN probe (and the image-text modes' word ground
 them, from their runs under ``--workdir`` when those are still the runs the records describe.
 
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
-``--attribute-epochs``, for image_text ``--pretrain-epochs`` then ``--finetune-epochs``, for image_text_words
-``--word-min``, ``--words-pretrain-epochs`` then ``--words-finetune-epochs``), so that no mode is cut off before
-its learning rate has decayed; scratch_dense evaluates as often per schedule as scratch_sparse.
+``--attribute-epochs`` (also caption_cnn's, after ``--word-min``), for image_text ``--pretrain-epochs`` then
+``--finetune-epochs``, for image_text_words ``--word-min``, ``--words-pretrain-epochs`` then
+``--words-finetune-epochs``), so that no mode is cut off before its learning rate has decayed; scratch_dense evaluates as often per schedule as scratch_sparse.
 
 Usage:
     python bench/learn.py --output bench_results --modes image_text --seed 0          # one mode, one seed
@@ -95,9 +97,11 @@ MODES = {
     "image_text": Mode("synthetic_tiny", "image-text pretrained, sparse"),
     "image_text_words": Mode("synthetic_tiny", "image-text pretrained, caption-word CNN first, sparse",
                              PRETRAINED_CNN_LR, PRETRAINED_CNN_LR),
+    "caption_cnn": Mode("synthetic_tiny", "caption-word CNN (captions only), sparse"),
     "attribute_cnn": Mode("synthetic_tiny", "attribute-supervised CNN (labelled upper bound), sparse"),
 }
-IMAGE_TEXT_MODES = ("image_text", "image_text_words")  # label-free: the targets are theirs to meet
+IMAGE_TEXT_MODES = ("image_text", "image_text_words")  # MLM + ITM pretraining on the stills before finetuning
+STILLS_MODES = (*IMAGE_TEXT_MODES, "caption_cnn")  # label-free, from captioned stills: the targets are theirs to meet
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
@@ -578,13 +582,13 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         checkpoint, record["pretrain"] = attribute_cnn(workdir, args)
         pretrained_s = record["pretrain"]["seconds"]  # counted even when the CNN was cached
         sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.attribute_epochs}"]
-    elif name in IMAGE_TEXT_MODES:
+    elif name in STILLS_MODES:
         if args.image_seed == args.seed:
             raise SystemExit("--image-seed must differ from --seed")
         stills = prepare_images(workdir, args.images, args.val_images, args.image_seed, args.max_side)
         if (stills / "tokenizer" / "vocab.txt").read_text() != (root / "tokenizer" / "vocab.txt").read_text():
             raise SystemExit(f"{stills}/tokenizer and {root}/tokenizer differ: re-synthesize one of them")
-        if name == "image_text_words":
+        if name in ("image_text_words", "caption_cnn"):
             cnn, record["caption_cnn"] = caption_cnn(stills, workdir, args)
             pretrained_s = record["caption_cnn"]["seconds"]  # counted even when the CNN was cached
     t0 = time.time() - pretrained_s
@@ -596,6 +600,8 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         epochs = args.words_finetune_epochs if words else args.finetune_epochs
         sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={epochs}"]
         pretrained = checkpoint
+    elif name == "caption_cnn":
+        sets += [f"model.init_checkpoint={cnn}", f"optim.num_epochs={args.attribute_epochs}"]
     run = Run(f"learn_{name}_s{args.seed}", "train.py", mode.preset, sets, workdir / "runs",
               Path(args.output) / "learn_runs" / f"{name}_s{args.seed}.log")
     result = run.watch(args.num_workers, t0, deadline, name)
@@ -749,7 +755,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         better = sparse_r1 > dense_r1 and sparse_mc > dense_mc
         lines.append(f"2. less is more (same budget): sparse R@1 {sparse_r1:.1f} / MC {sparse_mc:.1f} against dense "
                      f"{dense_r1:.1f} / {dense_mc:.1f}: " + ("holds" if better else "does not hold on both metrics"))
-    for name in IMAGE_TEXT_MODES:
+    for name in STILLS_MODES:
         it_r1, it_mc = mean(name, "t2v_r1"), mean(name, "mc_acc")
         if it_r1 is None:
             continue
@@ -772,7 +778,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(MODES, ("tab:blue", "tab:grey", "tab:green", "tab:orange")))
+    colours = dict(zip(MODES, ("tab:blue", "tab:grey", "tab:green", "tab:purple", "tab:red", "tab:orange")))
     seeds = sorted({r["seed"] for r in records})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), sharex=True)
     for ax, key, title in zip(axes, ("t2v_r1", "mc_acc", "itc_t2v_r1"),
@@ -849,7 +855,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense-epochs", type=float, default=17.0,
                    help="scratch_dense schedule (425 steps of 48-frame clips, ~0.47 steps/s): ends within the budget")
     p.add_argument("--attribute-epochs", type=float, default=160.0,
-                   help="attribute_cnn finetuning schedule (4,000 steps): fits the budget after the CNN's 2 minutes")
+                   help="attribute_cnn and caption_cnn finetuning schedule (4,000 steps): fits the budget after their "
+                   "CNN's 2-2.5 minutes")
     p.add_argument("--image-seed", type=int, default=None, help="seed of the stills (default: 1000 + --seed)")
     p.add_argument("--images", type=int, default=6400, help="stills to synthesize (train + val)")
     p.add_argument("--val-images", type=int, default=100)

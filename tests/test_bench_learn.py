@@ -203,3 +203,29 @@ def test_image_text_words_pretrains_at_the_pretrained_cnn_lr_and_set_overrides_i
     sets = [[c[i + 1] for i, a in enumerate(c) if a == "--set"] for c in commands]
     assert "optim.cnn_lr=5e-5" not in sets[0]  # image_text: the CNN from random weights keeps the preset's lr
     assert sets[1].index("optim.cnn_lr=5e-5") < sets[1].index("optim.lr=1e-3") < sets[1].index("optim.num_epochs=2")
+
+
+def test_caption_cnn_finetunes_from_the_caption_word_cnn_with_no_image_text_stage(learn, tmp_path, monkeypatch):
+    stills, root = tmp_path / "stills", tmp_path / "corpus"
+    for d in (stills, root):
+        (d / "tokenizer").mkdir(parents=True)
+        (d / "tokenizer" / "vocab.txt").write_text("[PAD]\nred\n")
+    launched = []
+
+    def watch(run, num_workers, t0, deadline, label):
+        launched.append(run.command(num_workers))
+        return {"stopped": "schedule finished", "curve": [{"step": 10, "wall_s": 1.0, "t2v_r1": 5.0}]}
+
+    monkeypatch.setattr(learn.Run, "watch", watch)
+    monkeypatch.setattr(learn, "prepare_images", lambda *a: stills)
+    monkeypatch.setattr(learn, "caption_cnn", lambda s, w, a: (tmp_path / "cnn", {"seconds": 150.0}))
+    monkeypatch.setattr(learn, "test_metrics", lambda *a: ({"t2v_r1": 5.0}, 10))
+    for diagnostic in ("train_fit", "grounding", "colour_only_r1", "cnn_probe"):
+        monkeypatch.setattr(learn, diagnostic, lambda *a: None)
+    args = learn.parse_args(["--output", str(tmp_path), "--modes", "caption_cnn", "--seed", "3"])
+    record = learn.run_mode("caption_cnn", root, tmp_path, args)
+    assert len(launched) == 1 and "train.py" in " ".join(launched[0])  # no jobs/pretrain.py stage
+    sets = [launched[0][i + 1] for i, a in enumerate(launched[0]) if a == "--set"]
+    assert f"model.init_checkpoint={tmp_path / 'cnn'}" in sets and "optim.num_epochs=160.0" in sets
+    assert not any(s.startswith("optim.cnn_lr") for s in sets)  # attribute_cnn's finetuning recipe, CNN swapped
+    assert learn.pretrain_minutes(record) == 2.5 and record["wall_s"] >= 150.0  # the CNN's minutes count
