@@ -43,7 +43,8 @@ them, from their runs under ``--workdir`` when those are still the runs the reco
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
 ``--attribute-epochs`` (also caption_cnn's, after ``--word-min``), for image_text ``--pretrain-epochs`` then
 ``--finetune-epochs``, for image_text_words ``--word-min``, ``--words-pretrain-epochs`` then
-``--words-finetune-epochs``), so that no mode is cut off before its learning rate has decayed; scratch_dense evaluates as often per schedule as scratch_sparse.
+``--words-finetune-epochs``), so that no mode is cut off before its learning rate has decayed; scratch_dense
+evaluates as often per schedule as scratch_sparse.
 
 Usage:
     python bench/learn.py --output bench_results --modes image_text --seed 0          # one mode, one seed
