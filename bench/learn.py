@@ -103,6 +103,8 @@ MODES = {
 }
 IMAGE_TEXT_MODES = ("image_text", "image_text_words")  # MLM + ITM pretraining on the stills before finetuning
 STILLS_MODES = (*IMAGE_TEXT_MODES, "caption_cnn")  # label-free, from captioned stills: the targets are theirs to meet
+CAPTION_CNN_MODES = ("image_text_words", "caption_cnn")  # the caption-word CNN comes first
+CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn")  # finetuned straight from a pretrained CNN (--attribute-epochs)
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
@@ -580,16 +582,15 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         sets += [f"sampling.dense_num_frames={max_stored_frames(root / 'frames')}", f"train.eval_every_steps={every}",
                  f"train.log_every_steps={max(1, every // 5)}", f"optim.num_epochs={args.dense_epochs}"]
     elif name == "attribute_cnn":
-        checkpoint, record["pretrain"] = attribute_cnn(workdir, args)
+        cnn, record["pretrain"] = attribute_cnn(workdir, args)
         pretrained_s = record["pretrain"]["seconds"]  # counted even when the CNN was cached
-        sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={args.attribute_epochs}"]
     elif name in STILLS_MODES:
         if args.image_seed == args.seed:
             raise SystemExit("--image-seed must differ from --seed")
         stills = prepare_images(workdir, args.images, args.val_images, args.image_seed, args.max_side)
         if (stills / "tokenizer" / "vocab.txt").read_text() != (root / "tokenizer" / "vocab.txt").read_text():
             raise SystemExit(f"{stills}/tokenizer and {root}/tokenizer differ: re-synthesize one of them")
-        if name in ("image_text_words", "caption_cnn"):
+        if name in CAPTION_CNN_MODES:
             cnn, record["caption_cnn"] = caption_cnn(stills, workdir, args)
             pretrained_s = record["caption_cnn"]["seconds"]  # counted even when the CNN was cached
     t0 = time.time() - pretrained_s
@@ -601,7 +602,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         epochs = args.words_finetune_epochs if words else args.finetune_epochs
         sets += [f"model.init_checkpoint={checkpoint}", f"optim.num_epochs={epochs}"]
         pretrained = checkpoint
-    elif name == "caption_cnn":
+    elif name in CNN_FIRST_MODES:
         sets += [f"model.init_checkpoint={cnn}", f"optim.num_epochs={args.attribute_epochs}"]
     run = Run(f"learn_{name}_s{args.seed}", "train.py", mode.preset, sets, workdir / "runs",
               Path(args.output) / "learn_runs" / f"{name}_s{args.seed}.log")
