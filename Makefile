@@ -23,7 +23,7 @@ demo: setup
 	$(PY) jobs/demo.py --workdir demo_run
 
 serve: setup
-	$(PY) jobs/serve.py --index demo_run/index --rerank 0
+	$(PY) jobs/serve.py --index demo_run/index --rerank 8
 
 bench: setup
 	$(PY) bench/preprocess.py --output bench_results

@@ -100,11 +100,12 @@ MODES = {
                              PRETRAINED_CNN_LR, PRETRAINED_CNN_LR),
     "caption_cnn": Mode("synthetic_tiny", "caption-word CNN (captions only), sparse"),
     "attribute_cnn": Mode("synthetic_tiny", "attribute-supervised CNN (labelled upper bound), sparse"),
+    "recipe": Mode("synthetic_recipe", "recipe: caption-word CNN, one-word swap negatives, CNN lr 5e-5"),
 }
 IMAGE_TEXT_MODES = ("image_text", "image_text_words")  # MLM + ITM pretraining on the stills before finetuning
-STILLS_MODES = (*IMAGE_TEXT_MODES, "caption_cnn")  # label-free, from captioned stills: the targets are theirs to meet
-CAPTION_CNN_MODES = ("image_text_words", "caption_cnn")  # the caption-word CNN comes first
-CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn")  # finetuned straight from a pretrained CNN (--attribute-epochs)
+STILLS_MODES = (*IMAGE_TEXT_MODES, "caption_cnn", "recipe")  # label-free, from captioned stills: the targets are theirs to meet
+CAPTION_CNN_MODES = ("image_text_words", "caption_cnn", "recipe")  # the caption-word CNN comes first
+CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn", "recipe")  # finetuned straight from a pretrained CNN (--attribute-epochs)
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
@@ -483,7 +484,8 @@ def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str
     task = prepare_task(cfg)
     model, _ = load_checkpoint(checkpoint)
     step = int(torch.load(checkpoint / "train_state.pt", map_location="cpu", weights_only=True)["step"])
-    return evaluate(model, cfg, task.test, torch.device("cpu"), mc_rows=task.test_mc), step
+    fuse_weight = next((p.get("fuse_weight") for p in run["curve"] if p["step"] == step), None)
+    return evaluate(model, cfg, task.test, torch.device("cpu"), mc_rows=task.test_mc, fuse_weight=fuse_weight), step
 
 
 # ------------------------------------------------------------------------------------------------ modes
@@ -675,7 +677,8 @@ def fill_run_diagnostics(name: str, record: dict[str, Any], run_dir: Path) -> bo
 
 def _fmt_point(p: dict[str, float]) -> str:
     parts = [f"{p['wall_s'] / 60:5.1f} min", f"step {p['step']:5d}"]
-    parts += [f"{k} {p[k]:.0f}" for k in ("t2v_r1", "itc_t2v_r1", "mc_acc", "itm_acc", "mlm_acc") if k in p]
+    parts += [f"{k} {p[k]:.0f}" for k in ("t2v_r1", "itc_t2v_r1", "fused_t2v_r1", "rerank8_t2v_r1", "mc_acc", "itm_acc", "mlm_acc")
+              if k in p]
     return "  ".join(parts)
 # ------------------------------------------------------------------------------------------------ the table
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:
@@ -718,6 +721,22 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
             means = [statistics.mean(v) if len(v := [x for r in mine if (x := get(r, k)) is not None]) == len(mine)
                      else None for get, keys in ((_test, TABLE_KEYS), (_fit, FIT_KEYS)) for k in keys]
             rows.append([f"{MODES[name].label}: mean", "all", *means, "", "", "", "", "", "", "", ""])
+    return rows
+
+
+RERANK_KEYS = ("itc_t2v_r1", "rerank4_t2v_r1", "rerank8_t2v_r1", "rerank16_t2v_r1", "fused_t2v_r1", "t2v_r1",
+               "rerank8_itm_t2v_r1", "fuse_weight")
+
+
+def rerank_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per record whose test figures include search (two-stage) figures, then a mean row per mode."""
+    rows = []
+    for name in MODES:
+        mine = [r for r in records if r["mode"] == name and _test(r, "rerank8_t2v_r1") is not None]
+        rows += [[r["label"], r["seed"], *(_test(r, k) for k in RERANK_KEYS)] for r in mine]
+        if len(mine) > 1:
+            rows.append([f"{MODES[name].label}: mean", "all",
+                         *(statistics.mean(_test(r, k) for r in mine) for k in RERANK_KEYS[:-1]), ""])
     return rows
 
 
@@ -780,7 +799,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(MODES, ("tab:blue", "tab:grey", "tab:green", "tab:purple", "tab:red", "tab:orange")))
+    colours = dict(zip(MODES, ("tab:blue", "tab:grey", "tab:green", "tab:purple", "tab:red", "tab:orange",
+                               "tab:brown")))
     seeds = sorted({r["seed"] for r in records})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), sharex=True)
     for ax, key, title in zip(axes, ("t2v_r1", "mc_acc", "itc_t2v_r1"),
@@ -811,6 +831,12 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
                 f"train R@1 / train dual: the same checkpoint on {FIT_VIDEOS} training videos",
                 ["mode", "seed", "R@1", "R@5", "MdR", "dual R@1", "MC", "train R@1", "train dual", "ckpt step", "steps",
                  "samples/s", "pretrain min", "wall min", "stopped", "date", "load"], table_rows(records))
+    if reranked := rerank_rows(records):
+        print_table("search on TEST: the dual encoder's R@1, two-stage R@1 (its top 4 / 8 / 16 re-ranked by the "
+                    "re-rank score: ITM margin + w x dual, w chosen on validation), all pairs by that score and by the "
+                    "ITM margin alone, two-stage top 8 by the margin alone; percent",
+                    ["mode", "seed", "dual", "top 4", "top 8", "top 16", "all pairs", "all pairs ITM", "top 8 ITM",
+                     "w"], reranked)
     if grounded := grounding_rows(records):
         print_table("what each chosen checkpoint tells apart on TEST: pairs of videos that differ in one attribute "
                     "only, percent ranked right (chance 50)",

@@ -11,8 +11,8 @@ numpy arrays with fixed keys:
     "example_id"      int64 (B,)
     "video_key"       int64 (B,)                a stable hash of the video id (rows of the same video share it)
 
-Training draws fresh random clips (and, for retrieval, fresh negative captions of other videos) every
-time a row passes through; inference takes N uniform clips (``sampling.inference_n_clips``).
+Training draws fresh random clips (and, for retrieval, fresh negative captions: of other videos, and with
+``data.itm_swap_negatives`` one-word swaps of the positive) every time a row passes through; inference takes N uniform clips (``sampling.inference_n_clips``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from clipbert.caption_swaps import build_swap_table, swap_negatives
 from clipbert.clips import open_store, video_clips
 from clipbert.config import config_from_dict
 from clipbert.text import cached_tokenizer, tokenize
@@ -46,6 +47,23 @@ def draw_negatives(
             j = rng.integers(len(pool_videos), size=4 * k)
             picks += [pool_captions[i] for i in j if pool_videos[i] != vid][: k - len(picks)]
         out.append(picks)
+    return out
+
+
+def draw_swaps(video_ids: Sequence[str], positives: Sequence[str], pool_videos: np.ndarray,
+               pool_captions: np.ndarray, k: int, rng: np.random.Generator) -> list[list[str]]:
+    """For each video, k one-word swaps of its positive (clipbert.caption_swaps), interchangeable words learned from
+    the pool's captions; a caption with fewer swappable words is topped up with random captions of other videos."""
+    table = build_swap_table(pool_captions.tolist())
+    own: dict[str, set[str]] = {}
+    for v, t in zip(pool_videos.tolist(), pool_captions.tolist()):
+        own.setdefault(v, set()).add(t.lower())
+    out = []
+    for vid, text in zip(video_ids, positives):
+        swaps = swap_negatives(text, table, k, rng, frozenset(own.get(vid, ())))
+        if len(swaps) < k:
+            swaps += draw_negatives([vid], pool_videos, pool_captions, k - len(swaps), rng)[0]
+        out.append(swaps)
     return out
 
 
@@ -75,6 +93,10 @@ def make_batch(
     labels = np.asarray(batch["label"], dtype=np.int64)
     if train and c.data.task == "retrieval" and negatives is not None:
         negs = draw_negatives(video_ids, negatives[0], negatives[1], c.data.itm_neg_size, rng)
+        if c.data.itm_swap_negatives:
+            swaps = draw_swaps(video_ids, [t[0] for t in texts], negatives[0], negatives[1],
+                               c.data.itm_swap_negatives, rng)
+            negs = [n + s for n, s in zip(negs, swaps)]
         texts = [t[:1] + n for t, n in zip(texts, negs)]
         labels = np.zeros(len(texts), dtype=np.int64)  # the positive is text 0
     frames = np.stack([video_clips(store, v, c, train=train, rng=rng) for v in video_ids])  # (B, N, T, 3, S, S)

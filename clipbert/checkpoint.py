@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+RERANK_NAME = "rerank.json"  # {"fuse_weight": w}: the re-rank score's ITC weight, chosen on validation
 PRETRAIN_HEAD = re.compile(r"^(mlm_head\.|classifier\.(weight|bias)$)")  # the "pretrain" head's own layers
 IGNORED_TARGETS = ("num_batches_tracked",)  # BN counters: never in detectron2 FrozenBN, never used (BN frozen)
 
@@ -297,6 +298,13 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     model = ClipBert(model_cfg)
     model.load_state_dict(load_file(str(src / WEIGHTS_NAME), device=str(map_location)))
     return model.to(map_location), cfg
+
+
+def rerank_weight(directory: str | Path) -> float:
+    """The ITC weight of the checkpoint's re-rank score (scoring.fuse) that its run chose on validation; 0.0 (the
+    ITM margin alone) for a checkpoint exported without one."""
+    path = Path(directory) / RERANK_NAME
+    return float(json.loads(path.read_text())["fuse_weight"]) if path.is_file() else 0.0
 
 
 def checkpoint_hash(directory: str | Path) -> str:

@@ -17,15 +17,17 @@ from clipbert.clips import video_batch
 from clipbert.config import Config
 from clipbert.data import Row, retrieval_eval_lists
 from clipbert.losses import predict
-from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics
+from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, two_stage_t2v_r1
 from clipbert.model import ClipBert
 from clipbert.pretraining import METRICS as PRETRAIN_METRICS
 from clipbert.pretraining import evaluate_pretrain
 from clipbert.scoring import (
+    FUSE_WEIGHTS,
     autocast,
     chunks,
     clip_embeddings,
     cross_scores,
+    fuse,
     text_embeddings,
     tokenize_texts,
     video_grids,
@@ -56,6 +58,32 @@ def retrieval_scores(
     return scores, (text @ torch.cat(video_emb).t()).cpu().numpy()  # (n_captions, n_videos)
 
 
+RERANK_DEPTHS = (4, 8, 16)  # two-stage search depths scored at every evaluation
+
+
+def choose_fuse_weight(cross: np.ndarray, itc: np.ndarray, gt: np.ndarray) -> float:
+    """The FUSE_WEIGHTS entry whose fused score ranks these (validation) pairs best: highest t2v R@1, then the
+    lowest mean rank, then the smallest weight."""
+    def key(w: float) -> tuple[float, float, float]:
+        m = retrieval_metrics(fuse(cross, itc, w), gt)
+        return m["t2v_r1"], -m["t2v_meanr"], -w
+    return max(FUSE_WEIGHTS, key=key)
+
+
+def fused_metrics(cross: np.ndarray, itc: np.ndarray, gt: np.ndarray, weight: float | None) -> dict[str, float]:
+    """Figures of the re-rank score (ITM margin + weight * ITC, the weight chosen here when None): all pairs
+    (``fused_*``), two-stage search at RERANK_DEPTHS over the dual encoder's candidates with the fused score
+    (``rerank{d}_t2v_r1``) and with the margin alone (``rerank{d}_itm_t2v_r1``), and ``fuse_weight``."""
+    w = choose_fuse_weight(cross, itc, gt) if weight is None else float(weight)
+    fused = fuse(cross, itc, w)
+    out = {f"fused_{k}": v for k, v in retrieval_metrics(fused, gt).items()}
+    for d in RERANK_DEPTHS:
+        out[f"rerank{d}_t2v_r1"] = two_stage_t2v_r1(fused, itc, gt, d)
+        out[f"rerank{d}_itm_t2v_r1"] = two_stage_t2v_r1(cross, itc, gt, d)
+    out["fuse_weight"] = w
+    return out
+
+
 @torch.no_grad()
 def choice_predictions(model: ClipBert, cfg: Config, rows: Sequence[Row], device: torch.device,
                        batch_size: int = 8) -> np.ndarray:
@@ -73,9 +101,11 @@ def choice_predictions(model: ClipBert, cfg: Config, rows: Sequence[Row], device
 
 
 def evaluate(model: ClipBert, cfg: Config, rows: Sequence[Row], device: torch.device,
-             mc_rows: Sequence[Row] = ()) -> dict[str, float]:
+             mc_rows: Sequence[Row] = (), fuse_weight: float | None = None) -> dict[str, float]:
     """Validation metrics of ``rows`` (the task's format); ``mc_rows`` adds multiple-choice accuracy (``mc_acc``)
-    scored with the retrieval (ITM) head, as the original's MSRVTT-MC protocol."""
+    scored with the retrieval (ITM) head, as the original's MSRVTT-MC protocol. With contrastive heads, retrieval
+    adds the re-rank score's figures (``fused_metrics``) at ``fuse_weight``, chosen on these rows when None (on
+    validation; the test split takes validation's)."""
     was_training = model.training
     model.eval()
     try:
@@ -88,6 +118,7 @@ def evaluate(model: ClipBert, cfg: Config, rows: Sequence[Row], device: torch.de
             metrics.update(retrieval_metrics(scores, gt))
             if itc is not None:
                 metrics.update({f"itc_{k}": v for k, v in retrieval_metrics(itc, gt).items()})
+                metrics.update(fused_metrics(scores, itc, gt, fuse_weight))
         elif cfg.data.task == "mc":
             metrics.update(mc_accuracy(choice_predictions(model, cfg, rows, device), [r["label"] for r in rows]))
         else:
@@ -109,7 +140,8 @@ def metric_names(cfg: Config, rows: Sequence[Row], mc_rows: Sequence[Row] = ()) 
         _, _, gt = retrieval_eval_lists(rows)
         names = set(retrieval_metrics(np.eye(len(gt), int(gt.max()) + 1), gt))
         if cfg.model.contrastive:
-            names |= {f"itc_{k}" for k in names}
+            names |= {f"itc_{k}" for k in names} | {f"fused_{k}" for k in names} | {"fuse_weight"}
+            names |= {f"rerank{d}{kind}_t2v_r1" for d in RERANK_DEPTHS for kind in ("", "_itm")}
     else:
         labels = [r["label"] for r in rows]
         types = [r["answer_type"] for r in rows] if cfg.data.task == "qa" else None

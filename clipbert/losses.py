@@ -78,12 +78,19 @@ def itm_scores(logits: torch.Tensor, how: str = "lse") -> torch.Tensor:
     return torch.softmax(consensus(logits.float(), how), dim=-1)[..., 1]
 
 
+def itm_margins(logits: torch.Tensor, how: str = "lse") -> torch.Tensor:
+    """(B, K, N, 2) -> (B, K) match margin: consensus logit of "match" minus "no match". It ranks as the match
+    probability does, but never saturates into ties at 1.0: the re-rank score."""
+    pooled = consensus(logits.float(), how)  # (B, K, 2)
+    return pooled[..., 1] - pooled[..., 0]
+
+
 def predict(head: str, logits: torch.Tensor, how: str) -> torch.Tensor:
     """Argmax predictions: (B,) chosen option for "mc" (and "itm" scoring K options), (B,) answer for "qa"."""
     if head == "qa":
         return consensus(logits.float(), how)[:, 0].argmax(-1)  # (B,)
     if head == "itm":
-        return itm_scores(logits, how).argmax(-1)  # (B,)
+        return itm_margins(logits, how).argmax(-1)  # (B,)
     return consensus(logits.float(), how).squeeze(-1).argmax(-1)  # (B,)
 
 

@@ -71,6 +71,21 @@ def retrieval_metrics(scores: np.ndarray, text_to_video_gt: Sequence[int] | np.n
     return out
 
 
+def two_stage_t2v_r1(rerank: np.ndarray, first: np.ndarray, text_to_video_gt: Sequence[int] | np.ndarray,
+                     depth: int) -> float:
+    """R@1 (percent) of two-stage search: each text's `depth` best videos by `first` (the dual encoder), re-ordered
+    by `rerank` (the cross-encoder); a text scores when its video is among them and first after re-ranking.
+    rerank, first: (n_text, n_video); ties are pessimistic in both stages."""
+    first = np.asarray(first, dtype=np.float64)
+    rerank = np.asarray(rerank, dtype=np.float64)
+    gt = np.asarray(text_to_video_gt, dtype=np.int64)
+    rows = np.arange(len(gt))
+    in_top = text_to_video_ranks(first, gt) <= depth  # (n_text,)
+    kept = first >= np.sort(first, axis=1)[:, -min(depth, first.shape[1])][:, None]  # (n_text, n_video) top depth
+    beaten = (kept & (rerank >= rerank[rows, gt][:, None])).sum(axis=1)  # the gt itself counts once
+    return float(100.0 * np.mean(in_top & (beaten == 1)))
+
+
 def qa_accuracy(
     pred: Sequence, gold: Sequence, answer_types: Sequence[str] | None = None
 ) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Scoring (text, video) pairs: dual-encoder embeddings and similarities, cross-encoder scores with clip consensus.
 
 Both evaluation (all pairs, the original's protocol) and search (re-ranking FAISS candidates) score through
-these functions. A cross-encoder score is the original's retrieval score ``softmax(consensus(logits))[1]`` over
-the N dense clips of the video; a dual-encoder similarity is the inner product of L2-normalised embeddings.
+these functions. A cross-encoder score is the ITM margin ``consensus(logits)[1] - consensus(logits)[0]`` over the
+N dense clips of the video (it ranks as the original's ``softmax(consensus(logits))[1]`` but never saturates into
+ties); a fused score adds the dual-encoder similarity times a weight chosen on validation (``fuse``); a dual-encoder similarity is the inner product of L2-normalised embeddings.
 The CNN runs once per video: clip grids are computed in video chunks and reused by every text scored on them.
 """
 
@@ -16,7 +17,7 @@ import torch
 
 from clipbert.clips import video_batch
 from clipbert.config import Config
-from clipbert.losses import itm_scores
+from clipbert.losses import itm_margins
 from clipbert.model import ClipBert, aggregate_clip_embeddings
 from clipbert.text import cached_tokenizer, tokenize
 
@@ -38,6 +39,14 @@ def tokenize_texts(cfg: Config, texts: Sequence[str], device: torch.device) -> t
     """Texts -> (input_ids, attention_mask), each int64 (M, L) on `device` (L = data.max_txt_len)."""
     enc = tokenize(cached_tokenizer(cfg.data.tokenizer), texts, cfg.data.max_txt_len, return_tensors="pt")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+FUSE_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # ITC weights tried on validation
+
+
+def fuse(cross: np.ndarray, itc: np.ndarray, weight: float) -> np.ndarray:
+    """The re-rank score: ITM margin + weight * dual-encoder cosine similarity (BLIP ranks by ITM + ITC)."""
+    return np.asarray(cross, dtype=np.float32) + np.float32(weight) * np.asarray(itc, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -73,7 +82,7 @@ def cross_scores(model: ClipBert, grid: torch.Tensor, ids: torch.Tensor, mask: t
     for ts in chunks(len(ids), text_batch_size):
         k = ts.stop - ts.start
         logits = model.score_grid(grid, ids[ts].expand(b, k, -1), mask[ts].expand(b, k, -1))  # (b, k, N, 2)
-        out.append(itm_scores(logits, consensus).float().t())  # (k, b)
+        out.append(itm_margins(logits, consensus).float().t())  # (k, b)
     return torch.cat(out)  # (M, b)
 
 
@@ -90,7 +99,7 @@ def pair_scores(model: ClipBert, cfg: Config, texts: Sequence[str], video_ids: S
         n_clips: N dense clips per video (default ``sampling.inference_n_clips``).
 
     Returns:
-        float32 (P,) match probabilities; each video's CNN runs once, whatever number of pairs it is in.
+        float32 (P,) ITM margins; each video's CNN runs once, whatever number of pairs it is in.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     scores = np.zeros(len(pairs), dtype=np.float32)
@@ -106,5 +115,5 @@ def pair_scores(model: ClipBert, cfg: Config, texts: Sequence[str], video_ids: S
             t = torch.from_numpy(pairs[r, 0]).to(device)
             with autocast(device, cfg.train.precision):
                 logits = model.score_grid(g, ids[t][:, None], mask[t][:, None])  # (p, 1, N, 2)
-            scores[r] = itm_scores(logits, cfg.model.consensus)[:, 0].float().cpu().numpy()
+            scores[r] = itm_margins(logits, cfg.model.consensus)[:, 0].float().cpu().numpy()
     return scores

@@ -3,7 +3,9 @@
 A query is encoded with the checkpoint's text head (``encode_text``), the index returns the top candidates by
 dual-encoder similarity (one vector per video, or per clip aggregated per video), and the ClipBERT cross-encoder
 scores the first ``rerank`` of them with N dense clips per video and clip consensus (the index's N, the
-checkpoint's consensus): only ``rerank`` pair passes per query instead of one per gallery video.
+checkpoint's consensus): only ``rerank`` pair passes per query instead of one per gallery video. The re-rank
+score is the ITM margin plus the dual-encoder score times the weight the checkpoint's run chose on validation
+(``scoring.fuse``; ``rerank.json`` beside the weights, 0 without it).
 ``evaluate_search`` runs the held-out retrieval protocol over dual-only, two-stage and all-pairs scoring.
 """
 
@@ -18,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clipbert.checkpoint import checkpoint_hash, load_checkpoint
+from clipbert.checkpoint import checkpoint_hash, load_checkpoint, rerank_weight
 from clipbert.index import VideoIndex
-from clipbert.scoring import pair_scores, text_embeddings, tokenize_texts
+from clipbert.scoring import fuse, pair_scores, text_embeddings, tokenize_texts
 from clipbert.text import cached_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class Hit:
     rank: int  # 1-based
     video_id: str
     dual_score: float  # dual-encoder similarity (cosine, or the clip aggregate)
-    rerank_score: float | None  # cross-encoder match probability; None below the re-ranked depth
+    rerank_score: float | None  # the re-rank score (ITM margin + weight * dual); None below the re-ranked depth
 
 
 class Searcher:
@@ -60,6 +62,7 @@ class Searcher:
                            built.get("checkpoint_hash"), checkpoint, self.checkpoint_hash)
         self.device = torch.device(device)
         self.model, self.cfg = load_checkpoint(checkpoint, map_location=self.device)
+        self.fuse_weight = rerank_weight(checkpoint)
         self.model.eval()
         self.cfg.data.frame_store = frame_store or built["frame_store"]
         self.cfg.data.tokenizer = tokenizer or self.cfg.data.tokenizer
@@ -101,15 +104,18 @@ class Searcher:
         ids, scores = self.index.search(query, k, aggregate=aggregate)
         return [[v for v in row if v] for row in ids], scores  # "" pads a list shorter than asked
 
-    def rerank(self, queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Second stage: cross-encoder scores of each query's candidate videos (N dense clips, clip consensus)."""
+    def rerank(self, queries: Sequence[str], candidates: Sequence[Sequence[str]],
+               dual: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Second stage: the re-rank score of each query's candidate videos: the cross-encoder's ITM margin (N dense
+        clips, clip consensus) fused with the candidates' dual-encoder scores `dual` (one array per query)."""
         videos = sorted({v for c in candidates for v in c})
         column = {v: i for i, v in enumerate(videos)}
         pairs = np.array([(q, column[v]) for q, c in enumerate(candidates) for v in c], dtype=np.int64)
         scores = pair_scores(self.model, self.cfg, list(queries), videos, pairs.reshape(-1, 2), self.device,
                              n_clips=self.n_clips)
         bounds = np.cumsum([0] + [len(c) for c in candidates])
-        return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [fuse(scores[a:b], d[:len(c)], self.fuse_weight)
+                for a, b, c, d in zip(bounds[:-1], bounds[1:], candidates, dual)]
 
     def search(self, queries: Sequence[str], *, k: int = 10, rerank: int = 32,
                aggregate: str = "max") -> list[list[Hit]]:
@@ -118,7 +124,7 @@ class Searcher:
         queries = self.check_queries(queries)
         k, rerank = self.depths(k, rerank)
         found, dual = self.candidates(self._embed(queries), max(k, rerank), aggregate)
-        cross = self.rerank(queries, [row[:rerank] for row in found]) if rerank else [np.zeros(0)] * len(found)
+        cross = self.rerank(queries, [row[:rerank] for row in found], dual) if rerank else [np.zeros(0)] * len(found)
         return [merge_hits(row, d, c, k) for row, d, c in zip(found, dual, cross)]
 
     def depths(self, k: int, rerank: int) -> tuple[int, int]:

@@ -4,8 +4,8 @@ Every method ranks the same gallery (the index's videos) for the same captions (
 retrieval format), and reports text-to-video R@1/5/10 and median rank, the cross-encoder pair passes it spent
 and its wall time. Dual-encoder rows come from the embeddings exactly (inner products, clip scores aggregated per
 video); two-stage rows run the real path (index search, then cross-encoder re-ranking of the top candidates, the
-rest of the ranking left in dual order); the all-pairs row is the original's protocol (every caption x video
-through the cross-encoder).
+rest of the ranking left in dual order, by the re-rank score); the all-pairs rows are the original's protocol
+(every caption x video through the cross-encoder), by the ITM margin alone and by the re-rank score.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from clipbert.embeddings import load_embeddings
 from clipbert.evaluation import retrieval_scores
 from clipbert.index import aggregate_clip_scores
 from clipbert.metrics import retrieval_metrics
+from clipbert.scoring import fuse
 from clipbert.search import Searcher
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,11 @@ def two_stage_row(searcher: Searcher, captions: list[str], query: np.ndarray, du
                   column: dict[str, int], gt: np.ndarray, depth: int, encode_s: float) -> dict:
     """Index top-`depth` candidates re-ranked by the cross-encoder; below them the dual order."""
     t0 = time.perf_counter()
-    ids, _ = searcher.candidates(query, depth)
-    cross = searcher.rerank(captions, ids)
+    ids, dual = searcher.candidates(query, depth)
+    cross = searcher.rerank(captions, ids, dual)
     seconds = encode_s + time.perf_counter() - t0
-    scores = dual_full - (np.abs(dual_full).max() + 2.0)  # below every cross score (probabilities in [0, 1])
+    top = max(float(np.abs(c).max()) for c in cross if len(c))
+    scores = dual_full - (np.abs(dual_full).max() + top + 2.0)  # below every re-rank score
     for q, (row, c) in enumerate(zip(ids, cross)):
         scores[q, [column[v] for v in row]] = c
     return _row("two-stage", depth, scores, gt, len(captions) * depth, seconds)
@@ -100,7 +102,11 @@ def evaluate_search(searcher: Searcher, annotations: str | Path, *, depths: Sequ
         t0 = time.perf_counter()
         scores, _ = retrieval_scores(searcher.model, searcher.cfg, gallery, captions, searcher.device,
                                      n_clips=searcher.n_clips)
-        out.append(_row("all-pairs cross-encoder", len(gallery), scores, gt, scores.size, time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        out.append(_row("all-pairs cross-encoder", len(gallery), scores, gt, scores.size, seconds))
+        _log(out[-1])
+        fused = fuse(scores, dual_full, searcher.fuse_weight)
+        out.append(_row("all-pairs re-rank score", len(gallery), fused, gt, scores.size, seconds))
         _log(out[-1])
     return out
 

@@ -156,7 +156,7 @@ class SearchService:
         t0 = time.perf_counter()
         found, dual = self.searcher.candidates(embedding[None, :], max(k, rerank))  # Q = 1
         search_s = time.perf_counter() - t0
-        cross = self.searcher.rerank([query], [found[0][:rerank]])[0] if rerank else np.zeros(0)
+        cross = self.searcher.rerank([query], [found[0][:rerank]], dual)[0] if rerank else np.zeros(0)
         hits = merge_hits(found[0], dual[0], cross, k)
         return [{"rank": h.rank, "video_id": h.video_id, "dual_score": h.dual_score, "rerank_score": h.rerank_score,
                  "frames": clip_frames(self.searcher, self.store, h.video_id).tolist()} for h in hits], search_s

@@ -248,7 +248,11 @@ def fit_and_export(cfg: Config, task: TaskData, *, storage_path: str, name: str,
     best_dir = storage.join(storage_path, name, "best")
     with best_ckpt.as_directory() as src:
         storage.replace_dir(src, best_dir, (WEIGHTS_NAME, CONFIG_NAME))
-    test = evaluate_test_split(cfg, task.test, best_ckpt, worker_resources(cfg, cluster)[0], task.test_mc)
+    if "fuse_weight" in best_metrics:  # searches with this checkpoint re-rank by the same score
+        storage.write_bytes(storage.join(best_dir, RERANK_NAME),
+                            json.dumps({"fuse_weight": best_metrics["fuse_weight"]}).encode())
+    test = evaluate_test_split(cfg, task.test, best_ckpt, worker_resources(cfg, cluster)[0], task.test_mc,
+                               best_metrics.get("fuse_weight"))
     final = {"metric": cfg.train.metric, "val": best_metrics, "test": test, "step": best_metrics.get("step"),
              "checkpoint": best_ckpt.path, "exported": best_dir, "last": result.metrics}
     storage.write_bytes(storage.join(storage_path, name, "final_metrics.json"),
@@ -288,8 +292,9 @@ def _fit_resuming(cfg: Config, task: TaskData, *, storage_path: str, name: str, 
 
 
 def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: float,
-                        mc_rows: Sequence[Row] = ()) -> dict[str, float] | None:
-    """The task's metrics of a reported ``ray.train.Checkpoint`` on held-out rows (dense inference, as validation),
+                        mc_rows: Sequence[Row] = (), fuse_weight: float | None = None) -> dict[str, float] | None:
+    """The task's metrics of a reported ``ray.train.Checkpoint`` on held-out rows (dense inference, as validation,
+    with the re-rank score's ITC weight that validation chose),
     computed once, in a Ray task with a training worker's resources (a GPU when the run trains on GPUs), which reads
     the checkpoint from the run's storage; None without rows."""
     if not rows:
@@ -299,16 +304,16 @@ def evaluate_test_split(cfg: Config, rows: Sequence[Row], checkpoint, cpus: floa
     # "DEFAULT": outside the placement group of a sweep trial, which holds only its own function's sliver of CPU
     task = ray.remote(_evaluate_checkpoint).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0,
                                                     scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(cfg, list(rows), checkpoint, max(1, math.ceil(cpus)), list(mc_rows)))
+    return ray.get(task.remote(cfg, list(rows), checkpoint, max(1, math.ceil(cpus)), list(mc_rows), fuse_weight))
 
 
 def _evaluate_checkpoint(cfg: Config, rows: list[Row], checkpoint, threads: int,
-                         mc_rows: list[Row]) -> dict[str, float]:
+                         mc_rows: list[Row], fuse_weight: float | None) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
     with checkpoint.as_directory() as directory:
         model, _ = load_checkpoint(directory, map_location=device)
-    return evaluate(model, cfg, rows, device, mc_rows=mc_rows)
+    return evaluate(model, cfg, rows, device, mc_rows=mc_rows, fuse_weight=fuse_weight)
 
 
 def best_checkpoint(result, metric: str, mode: str):

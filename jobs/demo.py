@@ -1,16 +1,17 @@
-"""A tour of the whole system on a corpus it makes itself: synthesize -> preprocess (Ray Data) -> pretrain the CNN
--> train (Ray Train) -> build the index (Ray Data + FAISS) -> held-out search evaluation -> example queries -> contact
-sheet.
+"""A tour of the whole system on data it makes itself, with the recommended label-free recipe: synthesize videos
+and captioned stills -> preprocess (Ray Data) -> pretrain the CNN on the stills' captions -> finetune (Ray Train)
+-> build the index (Ray Data + FAISS) -> held-out search evaluation, two-stage -> example queries -> contact sheet.
 
 Usage:
-    python jobs/demo.py --workdir demo_run            # what `make demo` runs (about 10 minutes on 2 idle cores)
-    python jobs/demo.py --workdir demo_run --videos 600 --epochs 80 --pretrain-minutes 2
+    python jobs/demo.py --workdir demo_run            # what `make demo` runs (under 10 minutes on 2 idle cores)
+    python jobs/demo.py --workdir demo_run --videos 600 --epochs 80 --pretrain-minutes 2 --rerank 16
 
-The corpus is split into train / val / test videos; the CNN is pretrained on the train videos' events (a
-stand-in for ImageNet weights, see jobs/pretrain_cnn.py), the model is finetuned on the train captions and picked
-on val, and the index and every figure printed here are over the test videos, which neither step sees. Each
-step is skipped when its output already exists (delete WORKDIR to start over); the step timings are printed
-at the end, with the command that serves the index over HTTP (jobs/serve.py).
+The video corpus is split into train / val / test videos. The CNN learns from captioned stills of a seed of their
+own, captions only (jobs/pretrain_cnn.py --objective captions); the model is finetuned on the train captions
+(preset synthetic_recipe) and picked on val, and the index and every figure printed here are over the test videos,
+which neither step sees. Search recalls candidates with the dual encoder and re-ranks the top --rerank with the
+ClipBERT cross-encoder. Each step is skipped when its output already exists (delete WORKDIR to start over); the
+step timings are printed at the end, with the command that serves the index over HTTP (jobs/serve.py).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-videos", type=int, default=50, help="of which validation (picks the checkpoint)")
     p.add_argument("--test-videos", type=int, default=100, help="of which test (the index's gallery)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stills", type=int, default=6400, help="captioned stills the CNN pretrains on")
     p.add_argument("--pretrain-minutes", type=float, default=1.5, help="CNN pretraining wall time")
     p.add_argument("--epochs", type=float, default=60, help="finetuning epochs")
     p.add_argument("--k", type=int, default=5, help="hits printed per example query")
-    p.add_argument("--rerank", type=int, default=0, help="cross-encoder re-rank depth of the example queries")
+    p.add_argument("--rerank", type=int, default=8, help="cross-encoder re-rank depth (evaluation and examples)")
     return p.parse_args(argv)
 
 
@@ -80,41 +82,48 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import ray
 
-    from clipbert.cnn_pretrain import pretrain_cnn
+    from clipbert.caption_cnn import pretrain_cnn_on_captions
     from clipbert.config import load_config
     from clipbert.frames import StoreOptions
     from clipbert.synthetic import synthesize_corpus
+    from clipbert.synthetic_images import synthesize_images
     from clipbert.training import keep_idle_workers, run_training
     from jobs.build_index import main as build_index
     from pipelines.preprocess import run_preprocess
 
     work = args.workdir.resolve()
-    corpus, cnn, runs, index = work / "corpus", work / "cnn_pretrained", work / "runs", work / "index"
+    corpus, stills, cnn = work / "corpus", work / "stills", work / "caption_cnn"
+    runs, index = work / "runs", work / "index"
     steps = Steps()
-    steps.run("synthesize", (corpus / "corpus.json").exists(), lambda: synthesize_corpus(
+    steps.run("synthesize videos", (corpus / "corpus.json").exists(), lambda: synthesize_corpus(
         corpus, n_videos=args.videos, seed=args.seed, val_videos=args.val_videos, test_videos=args.test_videos,
         max_duration=8.0, sizes=[(160, 120), (120, 160), (160, 160)], workers=2, overwrite=True))
+    steps.run("synthesize captioned stills", (stills / "images.json").exists(), lambda: synthesize_images(
+        stills, n_images=args.stills, seed=args.seed + 1000, overwrite=True))
     keep_idle_workers()  # data workers survive between epochs of the local Ray started below
-    outputs = (corpus / "frames" / "manifest.parquet", runs / "demo" / "final_metrics.json", index / "index.json")
+    outputs = (corpus / "frames" / "manifest.parquet", stills / "frames" / "manifest.parquet",
+               runs / "demo" / "final_metrics.json", index / "index.json")
     steps.run("start Ray", all(p.exists() for p in outputs), lambda: ray.init(log_to_driver=True))
     ray.data.DataContext.get_current().enable_progress_bars = False
-    summary = steps.run("preprocess (Ray Data)", outputs[0].exists(),
-                        lambda: run_preprocess(str(corpus / "videos"), str(corpus / "frames"),
-                                               StoreOptions(max_side=160)))
-    if summary:
-        print("\n".join(summary.lines()))
-    cfg = load_config("synthetic_tiny", [f"data.root={corpus}", f"model.init_checkpoint={cnn}",
-                                         f"optim.num_epochs={args.epochs}", "train.num_workers=1",
-                                         "train.eval_every_steps=200", "data.test_file=''"])
-    pretrained = steps.run("pretrain the CNN", (cnn / "pretrain_metrics.json").exists(), lambda: pretrain_cnn(
-        cfg.model, corpus, corpus / "frames", cnn, minutes=args.pretrain_minutes))
+    for name, root in (("videos", corpus), ("stills", stills)):
+        summary = steps.run(f"preprocess the {name} (Ray Data)", (root / "frames" / "manifest.parquet").exists(),
+                            lambda root=root: run_preprocess(str(root / ("videos" if root is corpus else "images")),
+                                                             str(root / "frames"), StoreOptions(max_side=160)))
+        if summary:
+            print("\n".join(summary.lines()))
+    cnn_cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}"])
+    pretrained = steps.run("pretrain the CNN on captions", (cnn / "pretrain_metrics.json").exists(),
+                           lambda: pretrain_cnn_on_captions(cnn_cfg, cnn, minutes=args.pretrain_minutes))
     if pretrained:
-        print(f"CNN pretrained for {pretrained['steps']} steps: held-out event accuracy (%) "
-              f"{_pct(pretrained['accuracy_before'])} -> {_pct(pretrained['accuracy_after'])}")
-    steps.run("finetune (Ray Train)", outputs[1].exists(),
+        print(f"CNN pretrained for {pretrained['steps']} steps on the stills' caption words: held-out word recall "
+              f"{pretrained['held_out_before']['word_recall']:.3f} -> {pretrained['held_out_after']['word_recall']:.3f}")
+    cfg = load_config("synthetic_recipe", [f"data.root={corpus}", f"model.init_checkpoint={cnn}",
+                                           f"optim.num_epochs={args.epochs}", "train.num_workers=1",
+                                           "train.eval_every_steps=200", "data.test_file=''"])
+    steps.run("finetune (Ray Train)", outputs[2].exists(),
               lambda: run_training(cfg, storage_path=str(runs), name="demo"))
     checkpoint = runs / "demo" / "best"
-    steps.run("build the index (Ray Data)", outputs[2].exists(), lambda: _check(build_index([
+    steps.run("build the index (Ray Data)", outputs[3].exists(), lambda: _check(build_index([
         "--checkpoint", str(checkpoint), "--frame-store", str(corpus / "frames"), "--output", str(index),
         "--videos", str(corpus / "txt" / "retrieval_test.jsonl")])))
     ray.shutdown()
@@ -125,10 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nserve it:  python jobs/serve.py --index {index} --rerank {args.rerank}\n"
           f"then open http://127.0.0.1:8000/ or curl 'http://127.0.0.1:8000/search?q=a+red+circle+moves+left&k=5'")
     return 0
-
-
-def _pct(acc: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.0f}" for k, v in acc.items())
 
 
 def _check(rc: int) -> None:
@@ -146,7 +151,8 @@ def _evaluate(searcher: Searcher, corpus: Path, rerank: int) -> None:
     """Held-out text-to-video retrieval over the test gallery: dual encoder and two-stage, with chance beside."""
     from clipbert.search_eval import evaluate_search
 
-    rows = evaluate_search(searcher, corpus / "txt" / "retrieval_test.jsonl", depths=(5,), all_pairs=False)
+    rows = evaluate_search(searcher, corpus / "txt" / "retrieval_test.jsonl", depths=(rerank,) if rerank else (),
+                           all_pairs=False)
     n = searcher.gallery_size
     print(f"held-out text-to-video retrieval, {n} test videos and their captions (percent; chance R@1 "
           f"{100 / n:.1f}, R@5 {500 / n:.1f}, R@10 {1000 / n:.1f}, median rank {(n + 1) / 2:.0f}):")
@@ -155,9 +161,8 @@ def _evaluate(searcher: Searcher, corpus: Path, rerank: int) -> None:
             name = r["method"] + (f", re-rank top {r['rerank']}" if r["rerank"] else "")
             print(f"  {name:<26} R@1 {r['t2v_r1']:5.1f}  R@5 {r['t2v_r5']:5.1f}  R@10 {r['t2v_r10']:5.1f}  "
                   f"median rank {r['t2v_medr']:g}")
-    if rerank == 0:
-        print("(the tiny cross-encoder learns far slower than the contrastive heads: bench/learn.py finds it near "
-              "chance for ~1,750 steps, so the examples below rank by the dual encoder alone, --rerank 0)")
+    print(f"(two-stage: the dual encoder's top {rerank} re-ranked by ITM margin + {searcher.fuse_weight:g} x dual "
+          "score, the weight chosen on validation)" if rerank else "(--rerank 0: the dual encoder alone)")
 
 
 def _examples(searcher: Searcher, corpus: Path, work: Path, args: argparse.Namespace) -> None:
@@ -174,9 +179,9 @@ def _examples(searcher: Searcher, corpus: Path, work: Path, args: argparse.Names
         shared = [attribute_agreement(videos[video_id], videos[h.video_id]) for h in hits]
         print(f"\n\"{query}\"  (the caption of test video {video_id})")
         for h, n in zip(hits, shared):
-            cross = f"{h.rerank_score:.3f}" if h.rerank_score is not None else "-"
+            cross = f"{h.rerank_score:+.2f}" if h.rerank_score is not None else "-"
             mark = "  <- the captioned video" if h.video_id == video_id else ""
-            print(f"  {h.rank}. {h.video_id}  dual {h.dual_score:+.3f}  cross {cross}  shares {n}/6  "
+            print(f"  {h.rank}. {h.video_id}  dual {h.dual_score:+.3f}  re-rank {cross}  shares {n}/6  "
                   f"\"{videos[h.video_id]['caption']}\"{mark}")
         print(f"  top {len(hits)} share {sum(shared) / len(shared):.1f} of 6 event attributes with the query's video "
               f"on average (a random test video: {chance:.1f})")

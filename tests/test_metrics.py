@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics
+from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, two_stage_t2v_r1
 
 
 def test_retrieval_perfect_diagonal():
@@ -84,3 +84,24 @@ def test_mc_accuracy():
     assert mc_accuracy(np.array([0, 4, 2, 1]), [0, 4, 1, 1]) == {"mc_acc": 75.0}
     with pytest.raises(ValueError):
         mc_accuracy([], [])
+
+
+def test_two_stage_r1_reranks_only_the_first_stage_candidates():
+    first = np.array([[0.9, 0.8, 0.1],  # gt 2 is outside the top 2: a miss at depth 2 whatever the re-ranker says
+                      [0.9, 0.8, 0.1],  # gt 1 is in the top 2 and the re-ranker puts it first
+                      [0.9, 0.8, 0.1]])  # gt 0 is first by the dual encoder, the re-ranker demotes it
+    rerank = np.array([[0.0, 0.0, 9.0],
+                       [0.0, 5.0, 9.0],  # video 2's high score does not count: it is not a candidate
+                       [1.0, 2.0, 0.0]])
+    gt = np.array([2, 1, 0])
+    assert two_stage_t2v_r1(rerank, first, gt, 2) == pytest.approx(100 / 3)
+    assert two_stage_t2v_r1(rerank, first, gt, 3) == pytest.approx(100 / 3)  # all pairs: only text 0 right
+    assert two_stage_t2v_r1(rerank, first, gt, 1) == pytest.approx(100 / 3)  # depth 1 is the dual encoder's R@1
+    assert two_stage_t2v_r1(np.zeros((3, 3)), first, gt, 1) == pytest.approx(100 / 3)
+
+
+def test_two_stage_r1_ties_are_pessimistic():
+    first = np.array([[0.5, 0.5]])
+    assert two_stage_t2v_r1(np.array([[1.0, 0.0]]), first, np.array([0]), 1) == 0.0  # tied at depth 1
+    assert two_stage_t2v_r1(np.array([[1.0, 1.0]]), first, np.array([0]), 2) == 0.0  # tied after re-ranking
+    assert two_stage_t2v_r1(np.array([[1.0, 0.0]]), first, np.array([0]), 2) == 100.0

@@ -74,6 +74,22 @@ def test_schedule_refuses_too_few_rows(tiny_corpus):
 
 
 # ------------------------------------------------------------------------------------------- make_batch
+def test_make_batch_swap_negatives_differ_from_the_positive_in_one_word(tiny_corpus):
+    cfg = tiny_corpus.config("synthetic_tiny", "data.itm_neg_size=1", "data.itm_swap_negatives=2")
+    rows, _ = load_annotations(cfg.data.train_file)
+    pool_videos = np.array([r["video_id"] for r in rows])
+    pool_captions = np.array([r["texts"][0] for r in rows])
+    out = make_batch(_columns(rows[:3]), cfg=config_to_dict(cfg), train=True, negatives=(pool_videos, pool_captions),
+                     seed=0)
+    assert out["input_ids"].shape[1] == 4  # positive, one random negative, two swaps
+    for b in range(3):
+        positive = out["input_ids"][b, 0]
+        for j in (2, 3):
+            assert int((out["input_ids"][b, j] != positive).sum()) == 1  # one word piece swapped
+        assert not np.array_equal(out["input_ids"][b, 2], out["input_ids"][b, 3])
+
+
+
 def _columns(rows: list[dict]) -> dict:
     """A Ray Data style column batch of annotation rows."""
     return {k: [r[k] for r in rows] for k in ("example_id", "video_id", "texts", "label")}
