@@ -37,6 +37,7 @@ from clipbert.losses import (  # noqa: F401  (re-exported: the model's public AP
     contrastive_loss,
     itm_labels,
     itm_loss,
+    itm_margins,
     itm_scores,
     mc_loss,
     predict,

@@ -41,7 +41,7 @@ def tokenize_texts(cfg: Config, texts: Sequence[str], device: torch.device) -> t
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-FUSE_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # ITC weights tried on validation
+FUSE_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)  # tried on val
 
 
 def fuse(cross: np.ndarray, itc: np.ndarray, weight: float) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 
 from clipbert import storage
 from clipbert.batches import make_batch
-from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
 from clipbert.config import Config, config_to_dict
 from clipbert.data import LoadReport, Row, build_ans2label, load_annotations, load_ans2label
 from clipbert.evaluation import evaluate

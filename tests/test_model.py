@@ -18,6 +18,7 @@ from clipbert.model import (
     consensus,
     contrastive_loss,
     itm_loss,
+    itm_margins,
     itm_scores,
     lr_schedule,
     mc_loss,
@@ -217,6 +218,12 @@ def test_texts_share_visual_features_like_separate_calls(model):
         together = model(frames, ids, mask)
         apart = torch.cat([model(frames, ids[:, j:j + 1], mask[:, j:j + 1]) for j in range(3)], dim=1)
     torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
+
+
+def test_itm_margin_ranks_as_the_probability_without_saturating():
+    logits = torch.tensor([[[[0.0, 40.0]], [[0.0, 50.0]]]])  # (1, 2, 1, 2): both probabilities round to 1.0
+    assert itm_scores(logits, "lse")[0, 0] == itm_scores(logits, "lse")[0, 1]
+    torch.testing.assert_close(itm_margins(logits, "lse"), torch.tensor([[40.0, 50.0]]))
 
 
 def test_padding_tokens_are_ignored(model):

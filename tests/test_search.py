@@ -93,13 +93,28 @@ def test_evaluation_rows_and_full_depth_equal_all_pairs(built, tiny_corpus, tmp_
                            for v, c in zip(videos, _captions(tiny_corpus, videos))))
     rows = evaluate_search(searcher, ann, depths=(2, 100))
     assert [r["method"] for r in rows] == ["dual (video)", "dual (clips, max)", "dual (clips, mean)",
-                                           "dual (clips, lse)", "two-stage", "two-stage", "all-pairs cross-encoder"]
+                                           "dual (clips, lse)", "two-stage", "two-stage", "all-pairs cross-encoder",
+                                           "all-pairs re-rank score"]
     assert all(set(r) == set(ROW_KEYS) for r in rows)
-    two, full, everything = rows[4], rows[5], rows[6]
+    two, full, margin, everything = rows[4], rows[5], rows[6], rows[7]
     assert (two["rerank"], two["cross_passes"]) == (2, 5 * 2)
     assert (full["rerank"], everything["cross_passes"]) == (len(videos), 5 * len(videos))
     for key in ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr"):
         assert full[key] == everything[key]
+        assert margin[key] == everything[key]  # no rerank.json: the re-rank score is the ITM margin alone
+
+
+def test_the_rerank_score_adds_the_weighted_dual_score(built, tiny_corpus, tmp_path):
+    searcher, cfg, _, videos, tmp = built
+    ckpt = tiny_checkpoint(cfg, tmp_path / "ckpt", seed=0)  # the index's weights, now with a chosen weight
+    (tmp_path / "ckpt" / "rerank.json").write_text(json.dumps({"fuse_weight": 4.0}))
+    fused = Searcher(tmp / "index", checkpoint=ckpt)
+    assert (searcher.fuse_weight, fused.fuse_weight) == (0.0, 4.0)
+    query = _captions(tiny_corpus, videos)[:1]
+    plain, mixed = searcher.search(query, k=4, rerank=4)[0], fused.search(query, k=4, rerank=4)[0]
+    by_id = {h.video_id: h for h in plain}
+    for h in mixed:
+        assert h.rerank_score == pytest.approx(by_id[h.video_id].rerank_score + 4.0 * h.dual_score, abs=1e-4)
 
 
 def test_search_job_prints_hits_and_writes_json(built, capsys, tmp_path):
