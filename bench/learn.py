@@ -103,9 +103,11 @@ MODES = {
     "recipe": Mode("synthetic_recipe", "recipe: caption-word CNN, one-word swap negatives, CNN lr 5e-5"),
 }
 IMAGE_TEXT_MODES = ("image_text", "image_text_words")  # MLM + ITM pretraining on the stills before finetuning
-STILLS_MODES = (*IMAGE_TEXT_MODES, "caption_cnn", "recipe")  # label-free, from captioned stills: the targets are theirs to meet
+# label-free, from captioned stills: the targets are theirs to meet
+STILLS_MODES = (*IMAGE_TEXT_MODES, "caption_cnn", "recipe")
 CAPTION_CNN_MODES = ("image_text_words", "caption_cnn", "recipe")  # the caption-word CNN comes first
-CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn", "recipe")  # finetuned straight from a pretrained CNN (--attribute-epochs)
+# finetuned straight from a pretrained CNN (--attribute-epochs)
+CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn", "recipe")
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
@@ -677,8 +679,8 @@ def fill_run_diagnostics(name: str, record: dict[str, Any], run_dir: Path) -> bo
 
 def _fmt_point(p: dict[str, float]) -> str:
     parts = [f"{p['wall_s'] / 60:5.1f} min", f"step {p['step']:5d}"]
-    parts += [f"{k} {p[k]:.0f}" for k in ("t2v_r1", "itc_t2v_r1", "fused_t2v_r1", "rerank8_t2v_r1", "mc_acc", "itm_acc", "mlm_acc")
-              if k in p]
+    shown = ("t2v_r1", "itc_t2v_r1", "fused_t2v_r1", "rerank8_t2v_r1", "mc_acc", "itm_acc", "mlm_acc")
+    parts += [f"{k} {p[k]:.0f}" for k in shown if k in p]
     return "  ".join(parts)
 # ------------------------------------------------------------------------------------------------ the table
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:

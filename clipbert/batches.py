@@ -12,7 +12,8 @@ numpy arrays with fixed keys:
     "video_key"       int64 (B,)                a stable hash of the video id (rows of the same video share it)
 
 Training draws fresh random clips (and, for retrieval, fresh negative captions: of other videos, and with
-``data.itm_swap_negatives`` one-word swaps of the positive) every time a row passes through; inference takes N uniform clips (``sampling.inference_n_clips``).
+``data.itm_swap_negatives`` one-word swaps of the positive) every time a row passes through; inference takes N
+uniform clips (``sampling.inference_n_clips``).
 """
 
 from __future__ import annotations

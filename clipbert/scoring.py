@@ -3,7 +3,8 @@
 Both evaluation (all pairs, the original's protocol) and search (re-ranking FAISS candidates) score through
 these functions. A cross-encoder score is the ITM margin ``consensus(logits)[1] - consensus(logits)[0]`` over the
 N dense clips of the video (it ranks as the original's ``softmax(consensus(logits))[1]`` but never saturates into
-ties); a fused score adds the dual-encoder similarity times a weight chosen on validation (``fuse``); a dual-encoder similarity is the inner product of L2-normalised embeddings.
+ties); a fused score adds the dual-encoder similarity times a weight chosen on validation (``fuse``); a
+dual-encoder similarity is the inner product of L2-normalised embeddings.
 The CNN runs once per video: clip grids are computed in video chunks and reused by every text scored on them.
 """
 

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stills", type=int, default=6400, help="captioned stills the CNN pretrains on")
     p.add_argument("--pretrain-minutes", type=float, default=1.5, help="CNN pretraining wall time")
-    p.add_argument("--epochs", type=float, default=60, help="finetuning epochs")
+    p.add_argument("--epochs", type=float, default=120, help="finetuning epochs")
     p.add_argument("--k", type=int, default=5, help="hits printed per example query")
     p.add_argument("--rerank", type=int, default=8, help="cross-encoder re-rank depth (evaluation and examples)")
     return p.parse_args(argv)
@@ -68,8 +68,8 @@ class Steps:
     def table(self) -> None:
         print("\nstep timings:")
         for name, s in self.seconds.items():
-            print(f"  {name:<28} {s:7.1f} s")
-        print(f"  {'total (wall clock)':<28} {time.perf_counter() - self.start:7.1f} s")
+            print(f"  {name:<34} {s:7.1f} s")
+        print(f"  {'total (wall clock)':<34} {time.perf_counter() - self.start:7.1f} s")
 
 
 def attribute_agreement(query: dict, other: dict) -> int:
@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = steps.run("pretrain the CNN on captions", (cnn / "pretrain_metrics.json").exists(),
                            lambda: pretrain_cnn_on_captions(cnn_cfg, cnn, minutes=args.pretrain_minutes))
     if pretrained:
+        before, after = pretrained["held_out_before"], pretrained["held_out_after"]
         print(f"CNN pretrained for {pretrained['steps']} steps on the stills' caption words: held-out word recall "
-              f"{pretrained['held_out_before']['word_recall']:.3f} -> {pretrained['held_out_after']['word_recall']:.3f}")
+              f"{before['word_recall']:.1f}% -> {after['word_recall']:.1f}%")
     cfg = load_config("synthetic_recipe", [f"data.root={corpus}", f"model.init_checkpoint={cnn}",
                                            f"optim.num_epochs={args.epochs}", "train.num_workers=1",
                                            "train.eval_every_steps=200", "data.test_file=''"])

@@ -85,7 +85,10 @@ def test_training_to_an_s3_storage_path_writes_everything_to_the_bucket(s3, tiny
     fsys, inner = storage.resolve(f"{uri}/s3run")
     files = [i.path[len(inner) + 1:] for i in fsys.get_file_info(pafs.FileSelector(inner, recursive=True))
              if i.type == pafs.FileType.File]
-    assert sorted(f for f in files if f.startswith("best/")) == ["best/config.json", "best/model.safetensors"]
+    assert sorted(f for f in files if f.startswith("best/")) == ["best/config.json", "best/model.safetensors",
+                                                                 "best/rerank.json"]
+    weight = json.loads(storage.read_bytes(f"{uri}/s3run/best/rerank.json"))["fuse_weight"]
+    assert weight == final["val"]["fuse_weight"] and final["test"]["fuse_weight"] == weight  # test takes val's w
     assert any(f.startswith("tensorboard/events.out.tfevents.") for f in files), files
     chosen = final["checkpoint"][len(f"{BUCKET}/runs/s3run/"):]
     assert storage.read_bytes(f"{uri}/s3run/best/model.safetensors") == \

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
 from clipbert.data import load_annotations
 from clipbert.evaluation import evaluate
 from jobs import train as job
@@ -113,7 +113,8 @@ def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
         assert key in final["val"], key
     assert final["val"]["train_samples_per_s"] > 0 and 0 <= final["val"]["data_wait_fraction"] <= 1
     best = Path(final["exported"])
-    assert best == run_dir / "best" and sorted(p.name for p in best.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert best == run_dir / "best"
+    assert sorted(p.name for p in best.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME, RERANK_NAME]
     model, cfg = load_checkpoint(best)
     assert cfg.model == corpus.config("synthetic_tiny").model
     source = load_file(str(Path(final["checkpoint"]) / WEIGHTS_NAME))
