@@ -205,7 +205,8 @@ def test_image_text_words_pretrains_at_the_pretrained_cnn_lr_and_set_overrides_i
     assert sets[1].index("optim.cnn_lr=5e-5") < sets[1].index("optim.lr=1e-3") < sets[1].index("optim.num_epochs=2")
 
 
-def test_caption_cnn_finetunes_from_the_caption_word_cnn_with_no_image_text_stage(learn, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode, preset", [("caption_cnn", "synthetic_tiny"), ("recipe", "synthetic_recipe")])
+def test_caption_word_cnn_modes_finetune_from_it_with_no_image_text_stage(learn, tmp_path, monkeypatch, mode, preset):
     stills, root = tmp_path / "stills", tmp_path / "corpus"
     for d in (stills, root):
         (d / "tokenizer").mkdir(parents=True)
@@ -222,10 +223,21 @@ def test_caption_cnn_finetunes_from_the_caption_word_cnn_with_no_image_text_stag
     monkeypatch.setattr(learn, "test_metrics", lambda *a: ({"t2v_r1": 5.0}, 10))
     for diagnostic in ("train_fit", "grounding", "colour_only_r1", "cnn_probe"):
         monkeypatch.setattr(learn, diagnostic, lambda *a: None)
-    args = learn.parse_args(["--output", str(tmp_path), "--modes", "caption_cnn", "--seed", "3"])
-    record = learn.run_mode("caption_cnn", root, tmp_path, args)
+    args = learn.parse_args(["--output", str(tmp_path), "--modes", mode, "--seed", "3"])
+    record = learn.run_mode(mode, root, tmp_path, args)
     assert len(launched) == 1 and "train.py" in " ".join(launched[0])  # no jobs/pretrain.py stage
+    assert launched[0][launched[0].index("--config") + 1] == preset
     sets = [launched[0][i + 1] for i, a in enumerate(launched[0]) if a == "--set"]
     assert f"model.init_checkpoint={tmp_path / 'cnn'}" in sets and "optim.num_epochs=160.0" in sets
-    assert not any(s.startswith("optim.cnn_lr") for s in sets)  # attribute_cnn's finetuning recipe, CNN swapped
+    assert not any(s.startswith("optim.cnn_lr") for s in sets)  # the preset's CNN learning rate
     assert learn.pretrain_minutes(record) == 2.5 and record["wall_s"] >= 150.0  # the CNN's minutes count
+
+
+def test_rerank_table_has_a_row_per_record_with_search_figures_and_a_mean(learn):
+    figures = {k: 50.0 for k in learn.RERANK_KEYS}
+    records = [{"mode": "recipe", "label": "R", "seed": s, "test": {**figures, "rerank8_t2v_r1": 60.0 + s}}
+               for s in (0, 1)]
+    records.append({"mode": "caption_cnn", "label": "C", "seed": 0, "test": {"t2v_r1": 1.0}})  # no search figures
+    rows = learn.rerank_rows(records)
+    assert [r[:2] for r in rows] == [["R", 0], ["R", 1], [f"{learn.MODES['recipe'].label}: mean", "all"]]
+    assert rows[2][2 + learn.RERANK_KEYS.index("rerank8_t2v_r1")] == 60.5
