@@ -25,8 +25,8 @@ Every run evaluates on the validation split (100 videos) as it trains and picks 
 that matter are the held-out TEST split's (100 other videos, never used to choose anything), read from the run's
 ``final_metrics.json``: text-to-video R@1 of the cross-encoder (chance 1) and of the dual encoder, 5-way
 multiple-choice accuracy with the ITM head (chance 20), and search figures: two-stage R@1 (the dual encoder's top
-4 / 8 / 16 re-ranked by the re-rank score, ITM margin + w x dual with w chosen on validation) and all pairs. A run stopped by the budget is scored on test from its
-best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING videos (R@1 of both encoders over
+4 / 8 / 16 re-ranked by the re-rank score, ITM margin + w x dual with w chosen on validation) and all pairs. A
+run stopped by the budget is scored on test from its best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING videos (R@1 of both encoders over
 as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
 is underfitting, not overfitting. And on the test split, for caption / wrong-video pairs whose videos differ in one
 attribute only (colour, shape or direction), how often each encoder ranks the right video above the wrong one
