@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clipbert.caption_swaps import build_swap_table, swap_negatives
+from clipbert.caption_swaps import SwapTable, build_swap_table, swap_negatives
 from clipbert.clips import open_store, video_clips
 from clipbert.config import config_from_dict
 from clipbert.text import cached_tokenizer, tokenize
@@ -51,17 +51,29 @@ def draw_negatives(
     return out
 
 
+_SWAP_POOLS: dict[bytes, tuple[SwapTable, dict[str, frozenset[str]]]] = {}  # per process: the pool is the same
+
+
+def _swap_pool(pool_videos: np.ndarray, pool_captions: np.ndarray) -> tuple[SwapTable, dict[str, frozenset[str]]]:
+    """The swap table of the pool's captions and each video's own captions (lower case), built once per process."""
+    key = hashlib.blake2b("\n".join(pool_videos.tolist() + pool_captions.tolist()).encode(), digest_size=16).digest()
+    if key not in _SWAP_POOLS:
+        own: dict[str, set[str]] = {}
+        for v, t in zip(pool_videos.tolist(), pool_captions.tolist()):
+            own.setdefault(v, set()).add(t.lower())
+        _SWAP_POOLS.clear()  # one training pool at a time
+        _SWAP_POOLS[key] = (build_swap_table(pool_captions.tolist()), {v: frozenset(c) for v, c in own.items()})
+    return _SWAP_POOLS[key]
+
+
 def draw_swaps(video_ids: Sequence[str], positives: Sequence[str], pool_videos: np.ndarray,
                pool_captions: np.ndarray, k: int, rng: np.random.Generator) -> list[list[str]]:
     """For each video, k one-word swaps of its positive (clipbert.caption_swaps), interchangeable words learned from
     the pool's captions; a caption with fewer swappable words is topped up with random captions of other videos."""
-    table = build_swap_table(pool_captions.tolist())
-    own: dict[str, set[str]] = {}
-    for v, t in zip(pool_videos.tolist(), pool_captions.tolist()):
-        own.setdefault(v, set()).add(t.lower())
+    table, own = _swap_pool(pool_videos, pool_captions)
     out = []
     for vid, text in zip(video_ids, positives):
-        swaps = swap_negatives(text, table, k, rng, frozenset(own.get(vid, ())))
+        swaps = swap_negatives(text, table, k, rng, own.get(vid, frozenset()))
         if len(swaps) < k:
             swaps += draw_negatives([vid], pool_videos, pool_captions, k - len(swaps), rng)[0]
         out.append(swaps)
