@@ -17,7 +17,7 @@ from clipbert.clips import video_batch
 from clipbert.config import Config
 from clipbert.data import Row, retrieval_eval_lists
 from clipbert.losses import predict
-from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, two_stage_t2v_r1
+from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, text_to_video_ranks, two_stage_t2v_r1
 from clipbert.model import ClipBert
 from clipbert.pretraining import METRICS as PRETRAIN_METRICS
 from clipbert.pretraining import evaluate_pretrain
@@ -65,8 +65,8 @@ def choose_fuse_weight(cross: np.ndarray, itc: np.ndarray, gt: np.ndarray) -> fl
     """The FUSE_WEIGHTS entry whose fused score ranks these (validation) pairs best: highest t2v R@1, then the
     lowest mean rank, then the smallest weight."""
     def key(w: float) -> tuple[float, float, float]:
-        m = retrieval_metrics(fuse(cross, itc, w), gt)
-        return m["t2v_r1"], -m["t2v_meanr"], -w
+        ranks = text_to_video_ranks(fuse(cross, itc, w), gt)  # (n_text,): t2v only, v2t is not needed here
+        return float(np.mean(ranks <= 1)), -float(np.mean(ranks)), -w
     return max(FUSE_WEIGHTS, key=key)
 
 

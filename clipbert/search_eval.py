@@ -73,7 +73,7 @@ def two_stage_row(searcher: Searcher, captions: list[str], query: np.ndarray, du
     ids, dual = searcher.candidates(query, depth)
     cross = searcher.rerank(captions, ids, dual)
     seconds = encode_s + time.perf_counter() - t0
-    top = max(float(np.abs(c).max()) for c in cross if len(c))
+    top = max((float(np.abs(c).max()) for c in cross if len(c)), default=0.0)
     scores = dual_full - (np.abs(dual_full).max() + top + 2.0)  # below every re-rank score
     for q, (row, c) in enumerate(zip(ids, cross)):
         scores[q, [column[v] for v in row]] = c
