@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from clipbert.synthetic import synthesize_corpus
+from clipbert.synthetic.corpus import synthesize_corpus
 
 
 def machine() -> dict[str, Any]:

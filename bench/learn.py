@@ -114,7 +114,7 @@ CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn", "recipe")
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
-GROUNDED = ("color", "shape", "direction")  # the grounding diagnostic's attributes (synthetic.ATTRIBUTES)
+GROUNDED = ("color", "shape", "direction")  # the grounding diagnostic's attributes (synthetic.vocabulary.ATTRIBUTES)
 FIT_VIDEOS = 100  # as many training videos as the test split has, so that R@1 is over as many candidates
 POLL_S = 5.0
 
@@ -122,7 +122,7 @@ POLL_S = 5.0
 # ------------------------------------------------------------------------------------------------ corpus
 def prepare_corpus(workdir: Path, splits: tuple[int, int, int], seed: int, max_side: int) -> Path:
     """Synthesize, write the tokenizer and preprocess (each step skipped when already done); returns the root."""
-    from clipbert.synthetic import synthesize_corpus
+    from clipbert.synthetic.corpus import synthesize_corpus
     from clipbert.text import write_vocab
 
     root = workdir / f"corpus_{'_'.join(map(str, splits))}_s{seed}"
@@ -202,7 +202,7 @@ def meets_targets(point: dict[str, float]) -> bool:
 
 def prepare_images(workdir: Path, n_images: int, val_images: int, seed: int, max_side: int) -> Path:
     """Synthesize captioned stills and preprocess them into a frame store (each step skipped when done)."""
-    from clipbert.synthetic_images import synthesize_images
+    from clipbert.synthetic.stills import synthesize_images
 
     root = workdir / f"stills_{n_images}_{val_images}_s{seed}"
     if not (root / "images.json").exists():
@@ -341,7 +341,8 @@ def grounding(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
 
     from clipbert.data import retrieval_eval_lists
     from clipbert.evaluation import retrieval_scores
-    from clipbert.synthetic import ATTRIBUTES, load_corpus
+    from clipbert.synthetic.corpus import load_corpus
+    from clipbert.synthetic.vocabulary import ATTRIBUTES
     from clipbert.training import prepare_task
 
     if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
@@ -366,7 +367,7 @@ def event_clips(cfg: Any, split: str) -> tuple[Any, list[tuple[str, ...]]]:
     import torch
 
     from clipbert.clips import open_store, stored_frames
-    from clipbert.synthetic import load_corpus
+    from clipbert.synthetic.corpus import load_corpus
 
     store, clips, labels = open_store(cfg.data.frame_store), [], []
     for video in (v for v in load_corpus(cfg.data.root).videos if v.split == split):
@@ -386,7 +387,7 @@ def linear_probe(model: Any, train_clips: tuple[Any, list], test_clips: tuple[An
     import torch
     import torch.nn.functional as F
 
-    from clipbert.synthetic import ATTRIBUTES
+    from clipbert.synthetic.vocabulary import ATTRIBUTES
 
     def features(clips: Any, labels: list[tuple[str, ...]]) -> tuple[Any, list[tuple[str, ...]]]:
         with torch.no_grad():
@@ -437,7 +438,7 @@ def cnn_probe(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) 
 def one_attribute_pairs(root: Path) -> dict[str, int]:
     """How many (caption, wrong video) pairs of the corpus's test split differ in each attribute alone: the sample
     behind each grounding figure."""
-    from clipbert.synthetic import load_corpus
+    from clipbert.synthetic.corpus import load_corpus
 
     events = [[e.key() for e in v.events] for v in load_corpus(root).videos if v.split == "test"]
     kinds = [only_attribute(a, b) for a in events for b in events]
@@ -447,7 +448,7 @@ def one_attribute_pairs(root: Path) -> dict[str, int]:
 def attribute_only_r1(root: Path, attributes: tuple[str, ...]) -> float:
     """Test R@1 (percent) of a ranker that is perfect on ``attributes`` and blind to the rest: each caption's
     video ties with every test video whose events share those attributes (in either order), ranked at random."""
-    from clipbert.synthetic import load_corpus
+    from clipbert.synthetic.corpus import load_corpus
 
     test = [v for v in load_corpus(root).videos if v.split == "test"]
     keys = [tuple(sorted(tuple(getattr(e, a) for a in attributes) for e in v.events)) for v in test]
@@ -460,9 +461,10 @@ def colour_only_r1(run: dict[str, Any], run_dir: Path, preset: str, sets: list[s
 
 
 def only_attribute(a: list[tuple[str, ...]], b: list[tuple[str, ...]]) -> str:
-    """The attribute name (synthetic.ATTRIBUTES order) in which two-event videos a and b alone differ, with their
-    events aligned the way that differs in fewer slots; "" when they differ in more than one attribute or none."""
-    from clipbert.synthetic import ATTRIBUTES
+    """The attribute name (synthetic.vocabulary.ATTRIBUTES order) in which two-event videos a and b alone differ,
+    with their events aligned the way that differs in fewer slots; "" when they differ in more than one attribute or
+    none."""
+    from clipbert.synthetic.vocabulary import ATTRIBUTES
 
     names = list(ATTRIBUTES)
     aligned = min(([i for x, y in zip(a, bb) for i in range(len(names)) if x[i] != y[i]] for bb in (b, b[::-1])),
@@ -518,7 +520,7 @@ def word_grounding(checkpoint: Path, stills: Path) -> dict[str, float]:
     from clipbert.checkpoint import load_checkpoint
     from clipbert.clips import open_store, video_clips
     from clipbert.data import load_annotations
-    from clipbert.synthetic import ATTRIBUTES
+    from clipbert.synthetic.vocabulary import ATTRIBUTES
     from clipbert.text import cached_tokenizer, tokenize
 
     cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}"])

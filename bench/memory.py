@@ -223,7 +223,7 @@ def _round(value: float | None) -> float | None:
 def make_corpus(workdir: Path, n_videos: int, val_videos: int, seed: int) -> Path:
     """A corpus of ``n_videos`` tiny synthetic videos (TINY_VIDEOS), ``val_videos`` of them for validation and the
     others for training, under workdir: made once, then reused."""
-    from clipbert.synthetic import synthesize_corpus
+    from clipbert.synthetic.corpus import synthesize_corpus
 
     root = workdir / f"corpus_{n_videos}_val{val_videos}_{seed}"
     if not (root / "corpus.json").exists():
@@ -234,7 +234,7 @@ def make_corpus(workdir: Path, n_videos: int, val_videos: int, seed: int) -> Pat
 
 def pick_videos(root: Path, k: int) -> list[Path]:
     """Paths of the first k - V train videos and the V val videos of the corpus."""
-    from clipbert.synthetic import load_corpus
+    from clipbert.synthetic.corpus import load_corpus
 
     info = load_corpus(root)
     val = info.splits["val"]

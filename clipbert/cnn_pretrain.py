@@ -32,7 +32,7 @@ from clipbert.clips import stored_frames
 from clipbert.config import ModelConfig
 from clipbert.frames import FrameStore
 from clipbert.model import GridFeatBackbone
-from clipbert.synthetic import ATTRIBUTES
+from clipbert.synthetic.vocabulary import ATTRIBUTES
 
 logger = logging.getLogger(__name__)
 

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from clipbert.caption_cnn import pretrain_cnn_on_captions
     from clipbert.config import load_config
     from clipbert.frames import StoreOptions
-    from clipbert.synthetic import synthesize_corpus
-    from clipbert.synthetic_images import synthesize_images
+    from clipbert.synthetic.corpus import synthesize_corpus
+    from clipbert.synthetic.stills import synthesize_images
     from clipbert.training import keep_idle_workers, run_training
     from jobs.build_index import main as build_index
     from pipelines.preprocess import run_preprocess

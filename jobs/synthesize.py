@@ -12,7 +12,7 @@ Writes DIR/videos/<video_id>.<mp4|webm|gif>, DIR/txt/{retrieval,mc,qa}_{train,va
 DIR/txt/qa_ans2label.json, DIR/txt/vocab_words.txt and DIR/corpus.json. The same arguments give the same
 bytes (whatever --workers). With --images: DIR/images/<image_id>.<jpg|png>, DIR/txt/pretrain_{train,val}.jsonl
 (COCO caption format: {"coco_id", "caption"}, several captions per image) and the same tokenizer as the videos'
-(clipbert/synthetic_images.py). Exits 2 on bad arguments or an existing corpus without --overwrite.
+(clipbert/synthetic/stills.py). Exits 2 on bad arguments or an existing corpus without --overwrite.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import sys
 
 from clipbert.logs import setup_logging
-from clipbert.synthetic import synthesize_corpus
+from clipbert.synthetic.corpus import synthesize_corpus
 
 logger = logging.getLogger("synthesize")
 
@@ -77,7 +77,7 @@ def _split_counts(args: argparse.Namespace) -> tuple[int, int | None, int | None
 
 
 def images_main(args: argparse.Namespace) -> int:
-    from clipbert.synthetic_images import synthesize_images
+    from clipbert.synthetic.stills import synthesize_images
 
     try:
         specs = synthesize_images(args.output, n_images=args.images, val_images=args.val_images, seed=args.seed,

@@ -124,7 +124,7 @@ def corrupt_frames(store: Path, video_id: str) -> None:
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     """28 short 160x120 videos (20 train, 4 val, 4 test), their tokenizer (written by the synthesizer) and frame
     store."""
-    from clipbert.synthetic import synthesize_corpus
+    from clipbert.synthetic.corpus import synthesize_corpus
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     info = synthesize_corpus(root, n_videos=28, seed=7, val_videos=4, test_videos=4, min_duration=2.0,
@@ -137,7 +137,7 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
 def tiny_stills(tmp_path_factory) -> Path:
     """40 captioned stills (32 train, 8 val; clipbert.synthetic_images) with their tokenizer and frame store (1-frame
     videos) under root/frames; returns root."""
-    from clipbert.synthetic_images import synthesize_images
+    from clipbert.synthetic.stills import synthesize_images
 
     root = tmp_path_factory.mktemp("tiny_stills")
     synthesize_images(root, n_images=40, val_images=8, seed=3)

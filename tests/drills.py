@@ -25,7 +25,7 @@ STORE_OPTIONS = fs.StoreOptions(fps=4.0, max_side=64)
 
 def write_videos(directory: Path, n: int, frames: int = 12, size: tuple[int, int] = (48, 64)) -> Path:
     """`n` tiny mp4 videos v0..v{n-1} (a square sliding over a gradient, 8 fps) in `directory`."""
-    from clipbert.synthetic import write_video
+    from clipbert.synthetic.encode import write_video
 
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]

@@ -101,7 +101,7 @@ def test_only_attribute_aligns_the_events_the_way_that_differs_least(learn):
 
 
 def test_attribute_only_r1_counts_the_ties_that_the_blind_attributes_leave(learn, tmp_path):
-    from clipbert.synthetic import synthesize_corpus
+    from clipbert.synthetic.corpus import synthesize_corpus
 
     root = tmp_path / "corpus"
     info = synthesize_corpus(root, n_videos=12, seed=3, val_videos=1, test_videos=6, sizes=((32, 32),),
@@ -148,7 +148,7 @@ class _ConstantModel:
 def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attributes_words(learn, tiny_stills,
                                                                                            monkeypatch):
     import clipbert.checkpoint
-    from clipbert.synthetic import ATTRIBUTES, tokenize_words
+    from clipbert.synthetic.vocabulary import ATTRIBUTES, tokenize_words
     from clipbert.text import cached_tokenizer
 
     tok = cached_tokenizer(str(tiny_stills / "tokenizer"))
@@ -165,7 +165,7 @@ def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attrib
 
 def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(learn, tiny_corpus, monkeypatch):
     from clipbert.checkpoint import build_model
-    from clipbert.synthetic import load_corpus
+    from clipbert.synthetic.corpus import load_corpus
 
     cfg = tiny_corpus.config("synthetic_tiny")
     clips, labels = learn.event_clips(cfg, "test")

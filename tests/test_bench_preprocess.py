@@ -19,7 +19,7 @@ bench = load_bench("preprocess")
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> str:
     """A 3-second 25 fps H.264 mp4 with B-frames (x264's defaults): a bright square moving over noise."""
-    from clipbert.synthetic import write_video
+    from clipbert.synthetic.encode import write_video
 
     rng = np.random.default_rng(0)
     background = rng.integers(0, 60, (72, 96, 3), dtype=np.uint8)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from clipbert.checkpoint import build_model
 from clipbert.cnn_pretrain import ATTRIBUTE_NAMES, event_store_ranges, load_corpus_videos, pretrain_cnn, sample_clip
 from clipbert.frames import FrameStore
-from clipbert.synthetic import ATTRIBUTES
+from clipbert.synthetic.vocabulary import ATTRIBUTES
 from jobs import pretrain_cnn as job
 
 VIDEO = {"video_id": "v", "fps": 30, "event_frames": [[0, 111], [111, 223]],

@@ -48,7 +48,7 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("width", [72, 48])
 def test_widths_decord_mis_sizes_are_decoded_correctly(tmp_path, width):
     from clipbert.frames import decode_jpeg
-    from clipbert.synthetic import write_video
+    from clipbert.synthetic.encode import write_video
 
     frames = np.zeros((8, 32, width, 3), np.uint8)
     frames[:, :, : width // 2] = (200, 30, 30)
@@ -219,7 +219,7 @@ def test_unreadable_file_fails_with_a_reason(tmp_path):
     ("x" * 600, "video id longer than 500 bytes"),
 ])
 def test_ids_that_would_escape_the_store_become_failed_rows(tmp_path, video_id, reason):
-    from clipbert.synthetic import write_video
+    from clipbert.synthetic.encode import write_video
     from pipelines.preprocess import decode_batch
 
     path = write_video(tmp_path / "v.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=4)
@@ -230,7 +230,7 @@ def test_ids_that_would_escape_the_store_become_failed_rows(tmp_path, video_id, 
 
 
 def test_a_video_that_killed_its_decoding_process_twice_gets_a_failed_row_without_a_third_try(tmp_path):
-    from clipbert.synthetic import write_video
+    from clipbert.synthetic.encode import write_video
     from pipelines.preprocess import DecodeJournal, decode_batch
 
     path = write_video(tmp_path / "v.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=4)

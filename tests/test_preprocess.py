@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from clipbert import frames as fs
-from clipbert.synthetic import write_video
+from clipbert.synthetic.encode import write_video
 from jobs import preprocess as job
 from pipelines.decode import resize_frame, stored_indices
 from pipelines.preprocess import list_videos, run_preprocess
@@ -130,7 +130,7 @@ def _psnr(a, b):
 @pytest.mark.parametrize("video_id", ["good", "nested/good2"])
 def test_round_trip_matches_a_direct_decode(store, bad_inputs, video_id):
     """Stored frames equal decord's frames at the stored indices, resized, up to JPEG error."""
-    import decord  # after PyAV (clipbert.synthetic): see pipelines/decode.py on the import order
+    import decord  # after PyAV (clipbert.synthetic.encode): see pipelines/decode.py on the import order
 
     reader = fs.FrameStore(store[0])
     vr = decord.VideoReader(str(bad_inputs[0] / f"{video_id}.mp4"), num_threads=1)

@@ -1,8 +1,8 @@
 """Synthetic image-caption corpus for image-text pretraining: stills of the video world, described by captions only.
 
-A still shows one or two shapes of the synthetic video world (clipbert.synthetic: the same colours, shapes and
+A still shows one or two shapes of the synthetic video world (clipbert.synthetic.render: the same colours, shapes and
 fading trails that show which way a shape moves) on a plain grey background. Each image gets several captions of
-what is visible, drawn from ``synthetic.STILL_TEMPLATES`` / ``STILL_PAIR_TEMPLATES`` (a caption may mention only
+what is visible, drawn from ``vocabulary.STILL_TEMPLATES`` / ``STILL_PAIR_TEMPLATES`` (a caption may mention only
 some of what is there, as COCO captions do). The captions are the only supervision pretraining sees; the per-image
 metadata in ``images.json`` is for people and tests.
 
@@ -28,20 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from clipbert.synthetic import (
+from clipbert.synthetic.corpus import prepare_output
+from clipbert.synthetic.render import TRAIL_STEP, shape_alpha, shape_mask
+from clipbert.synthetic.vocabulary import (
     ATTRIBUTES,
     COLORS,
-    DEFAULT_SIZES,
     DIRECTIONS,
     EDGES,
     STILL_PAIR_TEMPLATES,
     STILL_TEMPLATES,
-    TRAIL_STEP,
-    prepare_output,
-    shape_alpha,
-    shape_mask,
     vocabulary_words,
 )
+from clipbert.synthetic.world import DEFAULT_SIZES
 from clipbert.text import write_vocab
 
 logger = logging.getLogger(__name__)
