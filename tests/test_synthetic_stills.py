@@ -1,4 +1,4 @@
-"""Tests of clipbert/synthetic_images.py: captioned stills of the video world for image-text pretraining."""
+"""Tests of clipbert/synthetic/stills.py: captioned stills of the video world for image-text pretraining."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from clipbert.synthetic import COLORS
-from clipbert.synthetic_images import StillShape, StillSpec, nearest_edge, render_still, synthesize_images
+from clipbert.synthetic.stills import StillShape, StillSpec, nearest_edge, render_still, synthesize_images
+from clipbert.synthetic.vocabulary import COLORS
 from clipbert.text import load_tokenizer
 
 
