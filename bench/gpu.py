@@ -31,7 +31,7 @@ Parts (each prints its time; a part that fails prints its error, which goes into
                    worker, the full-size config, two evaluation windows): its data_wait_fraction and samples/s.
   embed            the index job's model stage: pipelines.embed.Embedder on batches of N=16 dense clips (clips/s),
                    and the whole run_embed job (Ray Data, one GPU actor) over the synthetic store.
-  faiss            1,000,000 x 256 random unit vectors: build (train + add, clipbert.index.build_index) and search
+  faiss            1,000,000 x 256 random unit vectors: build (train + add, clipbert.index_build.build_index) and search
                    (10,000 queries, k=10; IVF nprobe=32) of Flat and IVF-Flat on faiss-cpu and on faiss-gpu.
 
 Budget: --minutes (default 8) is shared among the parts in proportion to PART_WEIGHTS, time a part leaves passing on
@@ -709,13 +709,14 @@ def faiss_gpu_problem() -> str | None:
 
 def faiss_row(factory: str, on_gpu: bool, base: np.ndarray, queries: np.ndarray, nprobe: int,
               truth: np.ndarray | None, resources: list) -> tuple[dict[str, Any], np.ndarray]:
-    """Build (clipbert.index.build_index: train + add, back on the host) and search one index; (row, top-10 ids)."""
+    """Build (build_index: train + add, back on the host) and search one index; (row, top-10 ids)."""
     import faiss
 
-    from clipbert import index as vi
+    from clipbert.index_build import build_index
+    from clipbert.index_tuning import RECALL_K, recall_of
 
     start = time.perf_counter()
-    index = vi.build_index(base, factory, use_gpu=on_gpu)
+    index = build_index(base, factory, use_gpu=on_gpu)
     build_s, to_gpu_s = time.perf_counter() - start, 0.0
     if on_gpu:
         if not resources:
@@ -726,14 +727,14 @@ def faiss_row(factory: str, on_gpu: bool, base: np.ndarray, queries: np.ndarray,
     if "IVF" in factory:
         space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
         space.set_index_parameter(index, "nprobe", nprobe)
-    index.search(queries[:16], vi.RECALL_K)  # warm-up
+    index.search(queries[:16], RECALL_K)  # warm-up
     start = time.perf_counter()
-    found = index.search(queries, vi.RECALL_K)[1]  # (Q, 10)
+    found = index.search(queries, RECALL_K)[1]  # (Q, 10)
     search_s = time.perf_counter() - start
     row = ok(f"{factory} on {'GPU' if on_gpu else 'CPU'}", build_s=build_s, search_s=search_s,
              qps=len(queries) / search_s, **({"to_gpu_s": to_gpu_s} if on_gpu else {}),
              **({"nprobe": nprobe} if "IVF" in factory else {}),
-             **({"recall_at_10": vi.recall_of(found, truth)} if truth is not None else {}))
+             **({"recall_at_10": recall_of(found, truth)} if truth is not None else {}))
     return row, found
 
 
@@ -741,16 +742,17 @@ def part_faiss(ctx: Context, rows: list[dict[str, Any]], deadline: float) -> Non
     """Flat and IVF-Flat over random unit vectors, faiss-cpu then faiss-gpu, recall against the exact CPU search."""
     import faiss
 
-    from clipbert import index as vi
+    from clipbert.index_choice import ivf_lists
+    from clipbert.index_tuning import RECALL_K
 
     s = ctx.sizes
     start = time.perf_counter()
     base, queries = unit_vectors(s.faiss_vectors, s.faiss_dim, 0), unit_vectors(s.faiss_queries, s.faiss_dim, 1)
     rows.append(ok("vectors (isotropic random: IVF's worst case for recall)", n=s.faiss_vectors, dim=s.faiss_dim,
-                   queries=s.faiss_queries, k=vi.RECALL_K, generate_s=time.perf_counter() - start,
+                   queries=s.faiss_queries, k=RECALL_K, generate_s=time.perf_counter() - start,
                    faiss=faiss.__version__, cpu_threads=faiss.omp_get_max_threads()))
     problem, truth, resources = faiss_gpu_problem(), None, []
-    for factory in ("Flat", f"IVF{vi.ivf_lists(s.faiss_vectors)},Flat"):
+    for factory in ("Flat", f"IVF{ivf_lists(s.faiss_vectors)},Flat"):
         for on_gpu in (False, True):
             what = f"{factory} on {'GPU' if on_gpu else 'CPU'}"
             if on_gpu and problem:

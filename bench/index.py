@@ -8,7 +8,7 @@ well-separated clusters, which strand HNSW's greedy search) and ``--intrinsic-di
 all dims (no neighbour structure within a cluster): both are far harder than embeddings. ``--queries``
 evaluation queries and as many tuning queries are drawn the same way, not from the base set.
 
-Chooses the index with ``clipbert.index.choose_index`` under ``--budget``, builds it (train + add), tunes its
+Chooses the index with ``clipbert.index_choice.choose_index`` under ``--budget``, builds it (train + add), tunes its
 search parameter to recall@10 >= ``--target-recall`` on the tuning queries, then measures on the evaluation
 queries, side by side with exact search: build seconds, memory (estimate, serialized size, RSS growth during the
 build), queries/s over one batch, single-query latency and recall@10.
@@ -37,7 +37,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from common import print_table, write_json  # noqa: E402
 
-from clipbert import index as vi  # noqa: E402
+from clipbert.index_build import build_index  # noqa: E402
+from clipbert.index_choice import choose_index, estimate_memory, parse_memory  # noqa: E402
+from clipbert.index_tuning import recall_of, tune_search  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ def measure_search(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, s
         index.search(query[None, :], K)
         latencies.append(time.perf_counter() - start)
     return {"qps": len(queries) / seconds, "latency_ms_p50": 1000 * float(np.median(latencies)),
-            "recall_at_10": vi.recall_of(found, truth)}
+            "recall_at_10": recall_of(found, truth)}
 
 
 def build_exact(base: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, workdir: Path,
@@ -128,7 +130,7 @@ def build_exact(base: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray,
 
     flat, seconds, rss = timed(make)
     truth, tune_truth = flat.search(queries, K)[1], flat.search(tune_queries, K)[1]
-    row = {"index": "Flat (exact)", "build_s": seconds, "estimate_bytes": vi.estimate_memory("Flat", *base.shape),
+    row = {"index": "Flat (exact)", "build_s": seconds, "estimate_bytes": estimate_memory("Flat", *base.shape),
            "serialized_bytes": serialized_bytes(flat, workdir), "rss_growth_bytes": rss, "parameter": "-",
            **measure_search(flat, queries, truth, singles)}
     return row, truth, tune_truth
@@ -137,13 +139,13 @@ def build_exact(base: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray,
 def build_chosen(base: np.ndarray, factory: str, queries: np.ndarray, truth: np.ndarray, tune_queries: np.ndarray,
                  tune_truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     """Build the chosen index, tune it on the tuning queries, measure it on the evaluation queries."""
-    index, seconds, rss = timed(lambda: vi.build_index(base, factory, seed=args.seed))
+    index, seconds, rss = timed(lambda: build_index(base, factory, seed=args.seed))
     print(f"built {factory} in {seconds:.1f} s", flush=True)
-    tuned, tune_s, _ = timed(lambda: vi.tune_search(index, None, tune_queries, K, args.target_recall,
+    tuned, tune_s, _ = timed(lambda: tune_search(index, None, tune_queries, K, args.target_recall,
                                                     truth=tune_truth))
     print(f"tuned in {tune_s:.1f} s: {tuned}", flush=True)
     parameter = f"{tuned['parameter']}={tuned['value']}" if tuned["parameter"] else "-"
-    return {"index": factory, "build_s": seconds, "estimate_bytes": vi.estimate_memory(factory, *base.shape),
+    return {"index": factory, "build_s": seconds, "estimate_bytes": estimate_memory(factory, *base.shape),
             "serialized_bytes": serialized_bytes(index, Path(args.workdir)), "rss_growth_bytes": rss,
             "parameter": parameter, "tune_s": tune_s, "tune_recall": tuned["recall"],
             **measure_search(index, queries, truth, args.singles)}
@@ -183,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
 
     (base, gen_s, _) = timed(lambda: draw(args.vectors, args.seed + 1))
     queries, tune_queries = draw(args.queries, args.seed + 2), draw(args.queries, args.seed + 3)
-    budget = vi.parse_memory(args.budget)
-    factory = vi.choose_index(args.vectors, args.dim, budget)
+    budget = parse_memory(args.budget)
+    factory = choose_index(args.vectors, args.dim, budget)
     print(f"generated {args.vectors:,} x {args.dim} in {gen_s:.1f} s; chose {factory} under {args.budget} "
           f"({faiss.omp_get_max_threads()} faiss threads)", flush=True)
 

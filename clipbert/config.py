@@ -25,6 +25,7 @@ HEADS = ("itm", "mc", "qa", "pretrain")
 # image-text pretraining has its own heads (MLM + a 2-way ITM layer).
 TASK_HEADS = {"retrieval": ("itm",), "mc": ("mc", "itm"), "qa": ("qa",), "pretrain": ("pretrain",)}
 CONSENSUS = ("mean", "max", "lse")
+CONTRASTIVE_LOGIT_SCALE = 1 / 0.07  # the dual encoder's InfoNCE inverse temperature (temperature 0.07)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -66,7 +67,7 @@ class ModelConfig:
     # -- contrastive embeddings for the index (not in the original)
     contrastive: bool = False  # build ITC projection heads (encode_text / encode_video) trained with InfoNCE
     embed_dim: int = 256  # E: dimension of the L2-normalised retrieval embeddings
-    logit_scale_init: float = 14.285714  # initial InfoNCE inverse temperature (1/0.07), learned in log space
+    logit_scale_init: float = CONTRASTIVE_LOGIT_SCALE  # initial InfoNCE inverse temperature, learned in log space
     # -- weights and memory
     bert_dir: str | None = None  # local from_pretrained directory with BERT weights (None = random init)
     resnet_dir: str | None = None  # local from_pretrained directory with ResNet weights (None = random init)

@@ -18,14 +18,18 @@ logger = logging.getLogger(__name__)
 CLIP_DIM = 2  # the N axis of (B, K, N, C) logits
 
 
-def consensus(logits: torch.Tensor, how: str, dim: int = CLIP_DIM) -> torch.Tensor:
-    """Pool logits over clips: "mean", "max" (element-wise, per class) or "lse" (LogSumExp); removes `dim`."""
+def consensus(logits: torch.Tensor, how: str, dim: int = CLIP_DIM, scale: float = 1.0) -> torch.Tensor:
+    """Pool logits over clips: "mean", "max" (element-wise, per class) or "lse"; removes `dim`.
+
+    "lse" is LogSumExp at inverse temperature `scale`: logsumexp(scale * x) / scale, a soft maximum that
+    approaches "max" as `scale` grows (scale 1: the plain LogSumExp of the original).
+    """
     if how == "mean":
         return logits.mean(dim)
     if how == "max":
         return logits.amax(dim)
     if how == "lse":
-        return torch.logsumexp(logits, dim)
+        return torch.logsumexp(logits * scale, dim) / scale
     raise ValueError(f"consensus must be 'mean', 'max' or 'lse', got {how!r}")
 
 

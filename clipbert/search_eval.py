@@ -17,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from clipbert.config import CONTRASTIVE_LOGIT_SCALE
 from clipbert.data import load_annotations, retrieval_eval_lists
 from clipbert.embeddings import load_embeddings
 from clipbert.evaluation import retrieval_scores
-from clipbert.index import aggregate_clip_scores
+from clipbert.index import AGGREGATIONS, aggregate_clip_scores
 from clipbert.metrics import retrieval_metrics
 from clipbert.scoring import fuse
 from clipbert.search import Searcher
@@ -28,7 +29,6 @@ from clipbert.search import Searcher
 logger = logging.getLogger(__name__)
 
 DEPTHS = (4, 8, 16, 32, 64, 128)
-AGGREGATIONS = ("max", "mean", "lse")
 ROW_KEYS = ("method", "rerank", "t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "cross_passes", "seconds")
 
 
@@ -93,7 +93,8 @@ def evaluate_search(searcher: Searcher, annotations: str | Path, *, depths: Sequ
     query = searcher.encode(captions)  # (Q, E)
     encode_s = time.perf_counter() - t0
     info = searcher.index.info
-    out, full = dual_rows(query, info["embeddings"], gallery, gt, float(info.get("logit_scale", 1 / 0.07)), encode_s)
+    scale = float(info.get("logit_scale", CONTRASTIVE_LOGIT_SCALE))
+    out, full = dual_rows(query, info["embeddings"], gallery, gt, scale, encode_s)
     dual_full = full["video"] if info["granularity"] == "video" else full["clips-max"]
     for depth in sorted({min(d, len(gallery)) for d in depths}):
         out.append(two_stage_row(searcher, captions, query, dual_full, column, gt, depth, encode_s))

@@ -54,7 +54,7 @@ def _checked(args: argparse.Namespace) -> tuple[list[str] | None, int]:
     from clipbert.checkpoint import check_retrieval_checkpoint
     from clipbert.data import read_video_list
     from clipbert.frames import FrameStore
-    from clipbert.index import parse_memory
+    from clipbert.index_choice import parse_memory
 
     check_retrieval_checkpoint(args.checkpoint)
     FrameStore(args.frame_store)

@@ -4,23 +4,20 @@ For IVF types (IVF-Flat, IVF-PQ, OPQ+IVF+PQ) whose raw vectors do not fit one ma
 ids and a seeded training sample only, trains, and ships the serialized empty index to ``num_tasks`` Ray
 tasks; each adds its shards with the global row ids (the gallery's (video_id, clip) order) and returns its
 serialized partial index; the driver merges the partial indexes in task order. The result holds the same
-codes under the same ids as ``clipbert.index.build_index`` on all vectors with the same seed, so it searches
+codes under the same ids as ``clipbert.index_build.build_index`` on all vectors with the same seed, so it searches
 the same (only the order of equal-score hits may differ).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Sequence
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import ray
 
-from clipbert.embeddings import Gallery, open_gallery, read_shard_vectors
-from clipbert.index import AddFn, add_in_chunks, train_empty_index
+from clipbert.embeddings import Gallery, read_shard_vectors
+from clipbert.index_build import AddFn, add_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +90,3 @@ def sharded_add(num_tasks: int) -> AddFn:
 
     return add
 
-
-def build_sharded(emb_dir: str | Path, factory: str, *, granularity: str = "video",
-                  video_ids: Sequence[str] | None = None, num_tasks: int = 2, seed: int = 0,
-                  train_size: int | None = None, metric: str = "ip") -> tuple[faiss.Index, pa.Table]:
-    """Train `factory` on a seeded sample in the driver, add the shards in Ray tasks, merge.
-
-    Args:
-        emb_dir: embeddings directory (shards/*.parquet).
-        factory: an IVF faiss.index_factory string, e.g. "OPQ32_256,IVF4096,PQ32".
-        granularity, video_ids: as clipbert.index.open_gallery.
-        num_tasks: parallel add tasks.
-        seed, train_size, metric: as clipbert.index.build_index (same seed: same training sample).
-    Returns:
-        the filled index (CPU) and its ids table (video_id, clip), row i = id i.
-    """
-    gallery = open_gallery(emb_dir, granularity, video_ids)
-    trained = train_empty_index(gallery, factory, metric=metric, train_size=train_size, seed=seed)
-    return add_sharded(trained, gallery, num_tasks), gallery.ids()
