@@ -74,7 +74,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from clipbert.checkpoint import build_model, save_checkpoint  # noqa: E402
 from clipbert.config import Config, load_config  # noqa: E402
-from clipbert.model import build_optimizer  # noqa: E402
+from clipbert.optim import build_optimizer  # noqa: E402
 from clipbert.scoring import autocast  # noqa: E402
 from clipbert.train_loop import batch_loss, optimizer_step  # noqa: E402
 

@@ -26,22 +26,26 @@ that matter are the held-out TEST split's (100 other videos, never used to choos
 ``final_metrics.json``: text-to-video R@1 of the cross-encoder (chance 1) and of the dual encoder, 5-way
 multiple-choice accuracy with the ITM head (chance 20), and search figures: two-stage R@1 (the dual encoder's top
 4 / 8 / 16 re-ranked by the re-rank score, ITM margin + w x dual with w chosen on validation) and all pairs. A
-run stopped by the budget is scored on test from its best kept checkpoint. The same checkpoint is also scored on 100 of its TRAINING videos (R@1 of both encoders over
+run stopped by the budget is scored on test from its best kept checkpoint. The same checkpoint is also scored
+(clipbert.diagnostics, clipbert.probes) on 100 of its TRAINING videos (R@1 of both encoders over
 as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
 is underfitting, not overfitting. And on the test split, for caption / wrong-video pairs whose videos differ in one
 attribute only (colour, shape or direction), how often each encoder ranks the right video above the wrong one
 (chance 50): what the model has grounded in pixels, beyond what R@1 says; what the CNN encodes (a linear probe of
 its max-pooled grid per attribute, fit on train event clips, scored on test ones, for the CNN the finetuning started
 from and for the chosen one); for the image-text modes, also the pretrained checkpoint's masked-word accuracy on
-held-out stills per attribute. Wall time counts from the first launch
-of the mode (Ray start-up, evaluations, checkpoints and pretraining included; these diagnostics not).
+held-out stills per attribute. Wall time counts from the first launch of the mode (Ray start-up, evaluations,
+checkpoints and pretraining included; these diagnostics not).
 
 Each invocation writes one JSON per (mode, seed) under ``--records`` (default ``bench/learn_records/``, kept in
 the repository with its date and load average, so the table is built over several sessions and machines) and the
 runs' logs under OUT/learn_runs/; every invocation then merges all records into OUT/learn.json, the table (each
 seed and the mean per mode) and OUT/learn.png. ``--merge-only`` just merges; ``--fill-diagnostics`` scores the
 training-set fit, grounding and CNN probe (and the image-text modes' word grounding) of records written without
-them, from their runs under ``--workdir`` when those are still the runs the records describe.
+them, from their runs under ``--workdir`` when those are still the runs the records describe. A record names no
+directory of the machine that wrote it: its paths are relative (its "paths" field says so), the jobs to the
+repository, the logs to OUT, the corpora, stills, CNNs and runs (``data.root=corpus_400_100_100_s0``,
+``--storage-path runs``) to ``--workdir``, where ``--fill-diagnostics`` and the table look them up.
 
 Every schedule is sized to end within the budget on 2 quiet cores (``--sparse-epochs``, ``--dense-epochs``,
 ``--attribute-epochs`` (also caption_cnn's, after ``--word-min``), for image_text ``--pretrain-epochs`` then
@@ -63,6 +67,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -79,6 +84,20 @@ sys.path.insert(1, str(REPO))
 from common import print_table, write_json  # noqa: E402
 
 from clipbert.config import load_config  # noqa: E402
+from clipbert.diagnostics import (  # noqa: E402
+    FIT_KEYS,
+    FIT_VIDEOS,
+    GROUNDED,
+    cnn_probe,
+    colour_only_r1,
+    fill_run_diagnostics,
+    fill_word_grounding,
+    grounding,
+    one_attribute_pairs,
+    test_metrics,
+    train_fit,
+)
+from clipbert.probes import word_grounding  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +132,6 @@ CAPTION_CNN_MODES = ("image_text_words", "caption_cnn", "recipe")  # the caption
 CNN_FIRST_MODES = ("caption_cnn", "attribute_cnn", "recipe")
 TARGETS = {"t2v_r1": 50.0, "mc_acc": 80.0}  # percent: R@1 >= 0.5 over 100 videos, MC accuracy >= 0.8
 TABLE_KEYS = ("t2v_r1", "t2v_r5", "t2v_medr", "itc_t2v_r1", "mc_acc")
-FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
-GROUNDED = ("color", "shape", "direction")  # the grounding diagnostic's attributes (synthetic.vocabulary.ATTRIBUTES)
-FIT_VIDEOS = 100  # as many training videos as the test split has, so that R@1 is over as many candidates
 POLL_S = 5.0
 
 
@@ -196,8 +212,6 @@ def train_rate(scalars: list[tuple[float, int, str, float]]) -> dict[str, float]
 
 def meets_targets(point: dict[str, float]) -> bool:
     return all(point.get(k, float("-inf")) >= v for k, v in TARGETS.items())
-
-
 
 
 def prepare_images(workdir: Path, n_images: int, val_images: int, seed: int, max_side: int) -> Path:
@@ -285,216 +299,6 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def best_kept_checkpoint(run_dir: Path, curve: list[dict[str, float]], metric: str) -> Path | None:
-    """The kept checkpoint of a run stopped by the budget whose step scored best on ``metric`` (validation)."""
-    import torch
-
-    by_step = {}
-    for d in run_dir.glob("checkpoint_*"):
-        try:
-            by_step[int(torch.load(d / "train_state.pt", map_location="cpu", weights_only=True)["step"])] = d
-        except (OSError, RuntimeError, KeyError):
-            continue
-    scored = [p for p in curve if int(p["step"]) in by_step and metric in p]
-    return by_step[int(max(scored, key=lambda p: p[metric])["step"])] if scored else None
-
-
-def chosen_checkpoint(run: dict[str, Any], run_dir: Path, metric: str) -> Path | None:
-    """The checkpoint chosen on validation: the job's export (best/) when it finished, else the best kept one."""
-    if run["final_metrics"] and (run_dir / "best" / "model.safetensors").exists():
-        return run_dir / "best"
-    return best_kept_checkpoint(run_dir, run["curve"], metric)
-
-
-def chosen_model(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[Any, Any] | None:
-    """(config, model) of the run's checkpoint chosen on validation; None when the run kept no checkpoint."""
-    from clipbert.checkpoint import load_checkpoint
-
-    cfg = load_config(preset, sets)
-    checkpoint = chosen_checkpoint(run, run_dir, cfg.train.metric)
-    return None if checkpoint is None else (cfg, load_checkpoint(checkpoint)[0])
-
-
-def train_fit(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, float] | None:
-    """Text-to-video R@1 (cross and dual encoder) of the checkpoint chosen on validation on the first FIT_VIDEOS
-    training videos, scored as the test split is: how well the model fits what it trained on (near its test figures
-    = underfitting); None when the run kept no checkpoint."""
-    import torch
-
-    from clipbert.evaluation import evaluate
-    from clipbert.training import prepare_task
-
-    if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
-        return None
-    cfg, model = chosen
-    metrics = evaluate(model, cfg, prepare_task(cfg).train[:FIT_VIDEOS], torch.device("cpu"))
-    return {k: metrics[k] for k in FIT_KEYS}
-
-
-def grounding(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, dict[str, float]] | None:
-    """What the checkpoint chosen on validation tells apart on the TEST split: for every caption and every wrong
-    video that differs from the right one in one attribute only (colour, shape or direction of one or both events,
-    events aligned the way that differs least), the percentage of such pairs where the right video scores higher
-    (chance 50), for the cross and the dual encoder; None when the run kept no checkpoint."""
-    import numpy as np
-    import torch
-
-    from clipbert.data import retrieval_eval_lists
-    from clipbert.evaluation import retrieval_scores
-    from clipbert.synthetic.corpus import load_corpus
-    from clipbert.synthetic.vocabulary import ATTRIBUTES
-    from clipbert.training import prepare_task
-
-    if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
-        return None
-    cfg, model = chosen
-    videos, captions, gt = retrieval_eval_lists(prepare_task(cfg).test)
-    events = {v.video_id: [e.key() for e in v.events] for v in load_corpus(cfg.data.root).videos}
-    differing = np.array([[only_attribute(events[videos[g]], events[v]) for v in videos] for g in gt])  # (M, V)
-    scores, itc = retrieval_scores(model, cfg, videos, captions, torch.device("cpu"))
-    out: dict[str, dict[str, float]] = {"cross": {}, "dual": {}}
-    for encoder, s in (("cross", scores), ("dual", itc)):
-        if s is None:  # no contrastive heads: no dual encoder
-            continue
-        right = s[np.arange(len(gt)), gt][:, None] > s  # (M, V): right video above this one
-        out[encoder] = {a: 100.0 * float(right[differing == a].mean()) for a in ATTRIBUTES if (differing == a).any()}
-    return out
-
-
-def event_clips(cfg: Any, split: str) -> tuple[Any, list[tuple[str, ...]]]:
-    """One T=2 clip from the middle of each event of each video of the split: uint8 (M, 1, 2, 3, S, S), and each
-    clip's (colour, shape, direction). An event fills half of its video, so its frames are at 15-35% or 65-85%."""
-    import torch
-
-    from clipbert.clips import open_store, stored_frames
-    from clipbert.synthetic.corpus import load_corpus
-
-    store, clips, labels = open_store(cfg.data.frame_store), [], []
-    for video in (v for v in load_corpus(cfg.data.root).videos if v.split == split):
-        n = store.num_frames(video.video_id)
-        for event, (a, b) in zip(video.events, ((0.15, 0.35), (0.65, 0.85))):
-            clips.append(stored_frames(store, video.video_id, [int(a * n), int(b * n)], cfg.model.img_size))
-            labels.append(event.key())
-    return torch.stack(clips)[:, None], labels  # (M, 1, 2, 3, S, S)
-
-
-def linear_probe(model: Any, train_clips: tuple[Any, list], test_clips: tuple[Any, list],
-                 weight_decay: float = 1e-2) -> dict[str, float]:
-    """What the CNN's grid encodes, read linearly: one multinomial logistic regression per attribute on the
-    spatially max-pooled clip grid (D features, standardised), fit on the train videos' event clips (event_clips),
-    accuracy (%) on the test videos' (chance: colour 17, shape and direction 25). One fixed weight decay: nothing
-    is tuned on test."""
-    import torch
-    import torch.nn.functional as F
-
-    from clipbert.synthetic.vocabulary import ATTRIBUTES
-
-    def features(clips: Any, labels: list[tuple[str, ...]]) -> tuple[Any, list[tuple[str, ...]]]:
-        with torch.no_grad():
-            grid = torch.cat([model.encode_grid(clips[i:i + 64]) for i in range(0, len(clips), 64)])  # (M,1,h,w,D)
-        return grid.amax(dim=(2, 3))[:, 0], labels  # (M, D)
-
-    model.eval()
-    (train, train_labels), (test, test_labels) = features(*train_clips), features(*test_clips)
-    mean, std = train.mean(0), train.std(0) + 1e-5
-    train, test = (train - mean) / std, (test - mean) / std
-    out = {}
-    for k, attribute in enumerate(ATTRIBUTES):
-        values = list(ATTRIBUTES[attribute])
-        y = torch.tensor([values.index(lab[k]) for lab in train_labels])
-        y_test = torch.tensor([values.index(lab[k]) for lab in test_labels])
-        w = torch.zeros(train.shape[1], len(values), requires_grad=True)
-        b = torch.zeros(len(values), requires_grad=True)
-        optimizer = torch.optim.LBFGS([w, b], max_iter=300)
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = F.cross_entropy(train @ w + b, y) + weight_decay * (w ** 2).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        with torch.no_grad():
-            out[attribute] = 100.0 * float(((test @ w + b).argmax(1) == y_test).float().mean())
-    return out
-
-
-def cnn_probe(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> dict[str, dict[str, float]] | None:
-    """linear_probe of the CNN the finetuning started from ("start": random weights seeded as the run, or its
-    init_checkpoint) and of the checkpoint chosen on validation ("chosen"); None when the run kept no checkpoint."""
-    import torch
-
-    from clipbert.checkpoint import build_model
-
-    if (chosen := chosen_model(run, run_dir, preset, sets)) is None:
-        return None
-    cfg, model = chosen
-    torch.manual_seed(cfg.train.seed)
-    start, _ = build_model(cfg.model)
-    train, test = event_clips(cfg, "train"), event_clips(cfg, "test")
-    return {"start": linear_probe(start, train, test), "chosen": linear_probe(model, train, test)}
-
-
-def one_attribute_pairs(root: Path) -> dict[str, int]:
-    """How many (caption, wrong video) pairs of the corpus's test split differ in each attribute alone: the sample
-    behind each grounding figure."""
-    from clipbert.synthetic.corpus import load_corpus
-
-    events = [[e.key() for e in v.events] for v in load_corpus(root).videos if v.split == "test"]
-    kinds = [only_attribute(a, b) for a in events for b in events]
-    return {a: kinds.count(a) for a in GROUNDED}
-
-
-def attribute_only_r1(root: Path, attributes: tuple[str, ...]) -> float:
-    """Test R@1 (percent) of a ranker that is perfect on ``attributes`` and blind to the rest: each caption's
-    video ties with every test video whose events share those attributes (in either order), ranked at random."""
-    from clipbert.synthetic.corpus import load_corpus
-
-    test = [v for v in load_corpus(root).videos if v.split == "test"]
-    keys = [tuple(sorted(tuple(getattr(e, a) for a in attributes) for e in v.events)) for v in test]
-    return 100.0 * sum(1.0 / keys.count(k) for k in keys) / len(keys)
-
-
-def colour_only_r1(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> float:
-    """attribute_only_r1 of colour on the run's corpus: the R@1 that colour alone gives."""
-    return attribute_only_r1(Path(load_config(preset, sets).data.root), ("color",))
-
-
-def only_attribute(a: list[tuple[str, ...]], b: list[tuple[str, ...]]) -> str:
-    """The attribute name (synthetic.vocabulary.ATTRIBUTES order) in which two-event videos a and b alone differ,
-    with their events aligned the way that differs in fewer slots; "" when they differ in more than one attribute or
-    none."""
-    from clipbert.synthetic.vocabulary import ATTRIBUTES
-
-    names = list(ATTRIBUTES)
-    aligned = min(([i for x, y in zip(a, bb) for i in range(len(names)) if x[i] != y[i]] for bb in (b, b[::-1])),
-                  key=len)
-    return names[aligned[0]] if aligned and len(set(aligned)) == 1 else ""
-
-
-def test_metrics(run: dict[str, Any], run_dir: Path, preset: str, sets: list[str]) -> tuple[dict | None, int | None]:
-    """(test metrics, step of the checkpoint chosen on validation): the job's own final_metrics.json, else the best
-    kept checkpoint scored here, on the same test rows and with the same dense inference."""
-    final = run["final_metrics"]
-    if final and final.get("test"):
-        return final["test"], final.get("step")
-    import torch
-
-    from clipbert.checkpoint import load_checkpoint
-    from clipbert.evaluation import evaluate
-    from clipbert.training import prepare_task
-
-    cfg = load_config(preset, sets)
-    checkpoint = best_kept_checkpoint(run_dir, run["curve"], cfg.train.metric)
-    if checkpoint is None:
-        return None, None
-    task = prepare_task(cfg)
-    model, _ = load_checkpoint(checkpoint)
-    step = int(torch.load(checkpoint / "train_state.pt", map_location="cpu", weights_only=True)["step"])
-    fuse_weight = next((p.get("fuse_weight") for p in run["curve"] if p["step"] == step), None)
-    return evaluate(model, cfg, task.test, torch.device("cpu"), mc_rows=task.test_mc, fuse_weight=fuse_weight), step
-
-
 # ------------------------------------------------------------------------------------------------ modes
 def image_text_checkpoint(name: str, stills: Path, workdir: Path, args: argparse.Namespace, t0: float,
                           deadline: float, extra: list[str]) -> tuple[Path, dict[str, Any]]:
@@ -508,44 +312,6 @@ def image_text_checkpoint(name: str, stills: Path, workdir: Path, args: argparse
         raise SystemExit(f"image-text pretraining exported no checkpoint ({result['stopped']}); see {run.log}")
     result["corpus"] = str(stills)
     return run.directory / "best", result
-
-
-def word_grounding(checkpoint: Path, stills: Path) -> dict[str, float]:
-    """Masked-word accuracy of an image-text pretrained checkpoint on its held-out stills, per attribute: each
-    colour, shape or direction word of every held-out caption masked alone and predicted among that attribute's
-    words (percent; chance 100 / the number of words: colour 17, shape and direction 25)."""
-    import numpy as np
-    import torch
-
-    from clipbert.checkpoint import load_checkpoint
-    from clipbert.clips import open_store, video_clips
-    from clipbert.data import load_annotations
-    from clipbert.synthetic.vocabulary import ATTRIBUTES
-    from clipbert.text import cached_tokenizer, tokenize
-
-    cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}"])
-    model, _ = load_checkpoint(checkpoint)
-    model.eval()
-    store, tok = open_store(cfg.data.frame_store), cached_tokenizer(cfg.data.tokenizer)
-    words = {a: tok.convert_tokens_to_ids(list(values)) for a, values in ATTRIBUTES.items()}  # attribute -> ids
-    attribute_of = {i: a for a, ids in words.items() for i in ids}
-    right = dict.fromkeys(ATTRIBUTES, 0)
-    total = dict.fromkeys(ATTRIBUTES, 0)
-    with torch.no_grad():
-        for row in load_annotations(cfg.data.val_file)[0]:  # one held-out caption per row
-            clip = video_clips(store, row["video_id"], cfg, train=False, rng=np.random.default_rng(0))
-            grid = model.encode_grid(torch.from_numpy(clip)[None])  # (1, 1, h, w, D)
-            enc = tokenize(tok, row["texts"][:1], cfg.data.max_txt_len)
-            ids, mask = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])  # (1, L)
-            for pos in [p for p in range(ids.shape[1]) if int(ids[0, p]) in attribute_of]:
-                target = int(ids[0, pos])
-                masked, picked = ids.clone(), torch.zeros_like(ids, dtype=torch.bool)
-                masked[0, pos], picked[0, pos] = tok.mask_token_id, True
-                logits, _ = model.pretrain_logits(grid, masked[:, None], mask[:, None], picked[:, None])  # (1, V)
-                candidates = words[attribute_of[target]]
-                right[attribute_of[target]] += candidates[int(logits[0, candidates].argmax())] == target
-                total[attribute_of[target]] += 1
-    return {a: 100.0 * right[a] / total[a] for a in ATTRIBUTES if total[a]}
 
 
 def attribute_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -632,54 +398,60 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
     return record
 
 
-# record key -> what scores it from the run
-DIAGNOSTICS = {"train_fit": train_fit, "grounding": grounding, "colour_only_r1": colour_only_r1, "cnn_probe": cnn_probe}
-
-
-def fill_diagnostics(records_dir: Path, workdir: Path) -> None:
-    """Score the DIAGNOSTICS (and an image_text record's pretraining word grounding) of records written without them,
-    from their runs under WORKDIR/runs, when the run there is still the one the record describes (same figures)."""
+def fill_diagnostics(records_dir: Path, workdir: Path, output: Path) -> None:
+    """Score the clipbert.diagnostics.DIAGNOSTICS (and an image_text record's pretraining word grounding) of records
+    written without them, from their runs under WORKDIR/runs, when the run there is still the one the record describes
+    (same figures)."""
     for path in sorted(records_dir.glob("*.json")):
         record = json.loads(path.read_text())
         runs = workdir / "runs"
-        filled = fill_run_diagnostics(path.name, record, runs / f"learn_{record['mode']}_s{record['seed']}")
+        filled = fill_run_diagnostics(path.name, record, runs / f"learn_{record['mode']}_s{record['seed']}",
+                                      command_sets(record, workdir))
         if record["mode"] in IMAGE_TEXT_MODES:
             pretrain_dir = runs / f"learn_{record['mode']}_pretrain_s{record['seed']}"
-            filled |= fill_word_grounding(path.name, record["pretrain"], pretrain_dir)
+            filled |= fill_word_grounding(path.name, record["pretrain"], pretrain_dir,
+                                          workdir / record["pretrain"]["corpus"])
         if filled:
-            path.write_text(json.dumps(record, indent=1, default=float))
+            write_record(path, record, workdir, output)
 
 
-def fill_word_grounding(name: str, pretrain: dict[str, Any], pretrain_dir: Path) -> bool:
-    """Add an image_text record's missing pretraining word grounding from its pretraining run in pretrain_dir;
-    False when it was there already or the run there is another one."""
-    if pretrain.get("word_grounding") is not None:
-        return False
-    final = pretrain_dir / "final_metrics.json"
-    if not final.exists() or json.loads(final.read_text()) != pretrain.get("final_metrics"):
-        print(f"{name}: {pretrain_dir} no longer holds this record's pretraining; word grounding left out")
-        return False
-    pretrain["word_grounding"] = word_grounding(pretrain_dir / "best", Path(pretrain["corpus"]))
-    print(f"{name}: pretraining word grounding {pretrain['word_grounding']}")
-    return True
+# ------------------------------------------------------------------------------------------------ records
+PATH_SETS = ("data.root", "model.init_checkpoint")  # the --set overrides of a run whose value is a path
+PATHS_NOTE = ("relative paths: jobs/ to the repository, learn_runs/ to --output, the others (corpora, stills, CNNs, "
+              "runs/) to --workdir")
 
 
-def fill_run_diagnostics(name: str, record: dict[str, Any], run_dir: Path) -> bool:
-    """Add the DIAGNOSTICS missing from a record from its run in run_dir; False when none was added."""
-    missing = [key for key in DIAGNOSTICS if record.get(key) is None]
-    if not missing:
-        return False
-    final = run_dir / "final_metrics.json"
-    run = {"final_metrics": json.loads(final.read_text()) if final.exists() else None, "curve": record["curve"]}
-    args = record["command"].split()
-    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    if test_metrics(run, run_dir, record["preset"], sets) != (record["test"], record["test_step"]):
-        print(f"{name}: {run_dir} no longer holds this record's run; {', '.join(missing)} left out")
-        return False
-    for key in missing:
-        record[key] = DIAGNOSTICS[key](run, run_dir, record["preset"], sets)
-        print(f"{name}: {key} {record[key]}")
-    return True
+def relative_paths(value: Any, bases: tuple[Path, ...]) -> Any:
+    """A record (or any JSON value in it) with every path under one of ``bases`` written relative to that base (the
+    base itself as "."), the longest base first: nothing in it names a directory of the machine that wrote it."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, bases) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_paths(v, bases) for v in value]
+    if isinstance(value, str):
+        for base in sorted({str(b) for b in bases}, key=len, reverse=True):
+            # a path starts a string or follows a space, "=" or "(", and the base ends at a "/", a space, ")" or the end
+            pattern = rf"(?<![^\s=(]){re.escape(base)}(/|(?=[\s)]|$))"
+            value = re.sub(pattern, lambda m: "" if m.group(1) else ".", value)
+    return value
+
+
+def write_record(path: Path, record: dict[str, Any], workdir: Path, output: Path) -> None:
+    """Write a record as JSON, its paths relative (PATHS_NOTE, kept in the record as "paths")."""
+    portable = relative_paths(record, (workdir, output.resolve(), output, REPO))
+    path.write_text(json.dumps({**portable, "paths": PATHS_NOTE}, indent=1, default=float))
+
+
+def command_sets(record: dict[str, Any], workdir: Path) -> list[str]:
+    """The --set overrides of a record's run, the PATH_SETS paths resolved against ``workdir`` (an absolute one is
+    kept as it is)."""
+    args = record.get("command", "").split()
+    return [_resolved(args[i + 1], workdir) for i, a in enumerate(args) if a == "--set"]
+
+
+def _resolved(override: str, workdir: Path) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}={workdir / value}" if key in PATH_SETS else override
 
 
 def _fmt_point(p: dict[str, float]) -> str:
@@ -747,9 +519,9 @@ def rerank_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def corpus_root(record: dict[str, Any]) -> Path | None:
-    """The retrieval corpus a record's run trained on (its command's data.root), if it names one."""
-    roots = [a.split("=", 1)[1] for a in record.get("command", "").split() if a.startswith("data.root=")]
+def corpus_root(record: dict[str, Any], workdir: Path) -> Path | None:
+    """The retrieval corpus a record's run trained on (its command's data.root, under ``workdir``), if it names one."""
+    roots = [s.split("=", 1)[1] for s in command_sets(record, workdir) if s.startswith("data.root=")]
     return Path(roots[-1]) if roots else None
 
 
@@ -828,8 +600,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def merge(out: Path, records_dir: Path) -> dict[str, Any]:
-    """Print the one table of every record under ``records_dir``, write OUT/learn.json and OUT/learn.png."""
+def merge(out: Path, records_dir: Path, workdir: Path) -> dict[str, Any]:
+    """Print the one table of every record under ``records_dir``, write OUT/learn.json and OUT/learn.png; the records'
+    corpora are looked up under ``workdir``."""
     records = load_records(records_dir)
     if not records:
         raise SystemExit(f"no runs under {records_dir}")
@@ -849,7 +622,7 @@ def merge(out: Path, records_dir: Path) -> dict[str, Any]:
                     "only, percent ranked right (chance 50)",
                     ["mode", "seed", *(f"{e} {a}" for e in ("cross", "dual") for a in GROUNDED),
                      "colour-only R@1"], grounded)
-        for seed, root in sorted({(r["seed"], corpus_root(r)) for r in records if r.get("grounding")}):
+        for seed, root in sorted({(r["seed"], corpus_root(r, workdir)) for r in records if r.get("grounding")}):
             if root and (root / "corpus.json").exists():
                 print(f"seed {seed}: one-attribute pairs in the test split {one_attribute_pairs(root)}")
     if probes := probe_rows(records):
@@ -917,21 +690,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    out, records = Path(args.output), Path(args.records)
+    out, records, workdir = Path(args.output), Path(args.records), Path(args.workdir).resolve()
     if args.fill_diagnostics:
-        fill_diagnostics(records, Path(args.workdir).resolve())
+        fill_diagnostics(records, workdir, out)
     elif not args.merge_only:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if unknown := [m for m in modes if m not in MODES]:
             raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
-        workdir = Path(args.workdir).resolve()
         root = prepare_corpus(workdir, (400, 100, 100), args.seed, args.max_side)
         for path in (out / "learn_runs", records):
             path.mkdir(parents=True, exist_ok=True)
         for name in modes:
             record = run_mode(name, root, workdir, args)
-            (records / f"{name}_s{args.seed}.json").write_text(json.dumps(record, indent=1, default=float))
-    return merge(out, records)
+            write_record(records / f"{name}_s{args.seed}.json", record, workdir, out)
+    return merge(out, records, workdir)
 
 
 if __name__ == "__main__":

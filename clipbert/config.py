@@ -408,10 +408,3 @@ def load_config_tree(name_or_yaml_path: str, overrides: typing.Iterable[str] = (
 def config_from_tree(tree: dict) -> Config:
     """A validated Config from a nested dict (see load_config_tree), derived values synced and data paths resolved."""
     return validate_config(sync_derived(config_from_dict(tree)))
-
-
-def with_num_answers(cfg: Config, num_answers: int) -> Config:
-    """Copy of cfg whose QA head has `num_answers` outputs (data and model sections kept in step)."""
-    data = dataclasses.replace(cfg.data, num_answers=num_answers)
-    model = dataclasses.replace(cfg.model, num_answers=num_answers)
-    return dataclasses.replace(cfg, data=data, model=model)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import NamedTuple
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
 
-from clipbert.config import ModelConfig, OptimConfig
+from clipbert.config import ModelConfig
 from clipbert.losses import (  # noqa: F401  (re-exported: the model's public API)
     consensus,
     contrastive_loss,
@@ -47,7 +46,6 @@ from clipbert.losses import (  # noqa: F401  (re-exported: the model's public AP
 
 logger = logging.getLogger(__name__)
 
-NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "logit_scale")
 INIT_STD = 0.02  # BERT initializer_range, used for every new (non-pretrained) layer
 
 
@@ -438,100 +436,3 @@ class ClipBert(nn.Module):
     def _need_contrastive(self) -> None:
         if not self.cfg.contrastive:
             raise RuntimeError("this model has no contrastive heads: build it with model.contrastive=True")
-
-
-# ----------------------------------------------------------------------------------------------- optimisation
-def _is_cnn(name: str) -> bool:
-    return re.search(r"(^|\.)cnn\.", name) is not None
-
-
-def param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
-    """The original's 8 AdamW parameter groups, in its order; frozen parameters are left out.
-
-    Groups: transformer {names containing transformer_lr_mul_prefix (lr x transformer_lr_mul), rest} x
-    {decay, no-decay}, then CNN {names containing cnn_lr_mul_prefix ("grid_encoder", lr x cnn_lr_mul), rest}
-    x {decay, no-decay}. No-decay = names containing "bias", "LayerNorm.weight/bias" (and "logit_scale").
-    The CNN side is every parameter under ``cnn.``; everything else is the transformer side. Each group
-    carries "base_lr", "lr_mul" and "name" for ``apply_lr``; empty groups are kept so there are always 8.
-    """
-    o = optim_cfg
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    sides = [
-        ("transformer", [(n, p) for n, p in named if not _is_cnn(n)], o.lr, o.weight_decay,
-         o.transformer_lr_mul, o.transformer_lr_mul_prefix),
-        ("cnn", [(n, p) for n, p in named if _is_cnn(n)], o.cnn_lr, o.cnn_weight_decay, o.cnn_lr_mul,
-         o.cnn_lr_mul_prefix),
-    ]
-    groups = []
-    for side, members, lr, wd, mul, prefix in sides:
-        top = [(n, p) for n, p in members if prefix and prefix in n]
-        rest = [(n, p) for n, p in members if not (prefix and prefix in n)]
-        for part, part_mul, subset in (("lr_mul", mul, top), ("rest", 1.0, rest)):
-            for decay in (True, False):
-                params = [p for n, p in subset if any(nd in n for nd in NO_DECAY) != decay]
-                groups.append({"params": params, "lr": lr * part_mul, "weight_decay": wd if decay else 0.0,
-                               "base_lr": lr, "lr_mul": part_mul,
-                               "name": f"{side}/{part}/{'decay' if decay else 'no_decay'}"})
-    return groups
-
-
-def build_optimizer(model: nn.Module, optim_cfg: OptimConfig) -> torch.optim.AdamW:
-    """torch AdamW over ``param_groups`` with betas/eps from the config (decoupled decay, bias correction).
-
-    The original's HF-style AdamW differs in two negligible ways: its eps is added before the bias
-    correction (an effective eps / sqrt(1 - beta2^t), above 1e-6 only in the first few hundred steps) and
-    it decays the weights after the Adam update instead of before (a relative difference of lr * wd).
-    """
-    return torch.optim.AdamW(param_groups(model, optim_cfg), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
-                             eps=optim_cfg.eps)
-
-
-def lr_schedule(step: int, total: int, warmup_ratio: float, base_lr: float = 1.0) -> float:
-    """The original's get_lr_sched("linear"): linear warmup over int(warmup_ratio*total) steps, then linear
-    decay to 0 at `total`; a non-positive result becomes 1e-8. `step` counts optimiser steps from 1."""
-    warmup = int(warmup_ratio * total)
-    if step < warmup:
-        factor = step / warmup
-    elif total > warmup:
-        factor = max(0.0, (total - step) / (total - warmup))
-    else:
-        factor = 0.0
-    lr = base_lr * factor
-    return lr if lr > 0 else 1e-8
-
-
-def apply_lr(optimizer: torch.optim.Optimizer, step: int, total: int, warmup_ratio: float) -> list[float]:
-    """Set every group's lr to lr_mul * lr_schedule(step, total, warmup_ratio, base_lr); returns the lrs."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["lr_mul"] * lr_schedule(step, total, warmup_ratio, group["base_lr"])
-    return [g["lr"] for g in optimizer.param_groups]
-
-
-@torch.no_grad()
-def calibrate_batchnorm(model: ClipBert, frames: torch.Tensor) -> None:
-    """Set the frozen BatchNorm statistics of a randomly initialised ResNet from a batch of frames.
-
-    Pretrained weights carry their own statistics; a random ResNet with identity statistics (mean 0, var 1)
-    on 0-255 pixels produces activations in the hundreds that drown the differences between videos. This
-    runs the CNN once with every BN in training mode and a cumulative average (momentum None), so each
-    layer's statistics are those of its calibrated inputs, then freezes them again.
-
-    Args:
-        model: the ClipBert whose ``cnn`` is calibrated in place.
-        frames: (B, N, T, 3, S, S) or (M, 3, S, S) RGB 0-255 frames, e.g. a first training batch.
-    """
-    pixels = frames.reshape(-1, *frames.shape[-3:])  # (M, 3, S, S)
-    norms = [m for m in model.cnn.resnet.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [(m.momentum, m.training) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    x = (pixels.float() - model.cnn.pixel_mean) / model.cnn.pixel_std  # (M, 3, S, S)
-    x = x.flip(1) if model.cnn.bgr else x
-    for block in model.cnn.blocks():
-        x = block(x)
-    for m, (momentum, training) in zip(norms, saved):
-        m.momentum = momentum
-        m.train(training)
-    model.cnn.train(model.cnn.training)  # BN back to eval

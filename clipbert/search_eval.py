@@ -38,14 +38,6 @@ def _row(method: str, rerank: int, scores: np.ndarray, gt: np.ndarray, passes: i
             "t2v_r10": m["t2v_r10"], "t2v_medr": m["t2v_medr"], "cross_passes": passes, "seconds": seconds}
 
 
-def dense_scores(ids: Sequence[Sequence[str]], scores: np.ndarray, column: dict[str, int]) -> np.ndarray:
-    """Per-query top lists (ids (Q, k), scores (Q, k)) -> float32 (Q, V), -inf for videos not listed."""
-    out = np.full((len(ids), len(column)), -np.inf, dtype=np.float32)
-    for q, (row, s) in enumerate(zip(ids, scores)):
-        out[q, [column[v] for v in row]] = s
-    return out
-
-
 def dual_rows(query: np.ndarray, emb_dir: str, gallery: list[str], gt: np.ndarray, scale: float,
               encode_s: float) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Exact dual-encoder rankings: video granularity and clip granularity under each aggregation."""

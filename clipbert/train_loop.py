@@ -22,7 +22,7 @@ from clipbert.checkpoint import WEIGHTS_NAME, build_model, save_checkpoint
 from clipbert.config import Config, config_from_dict
 from clipbert.evaluation import evaluate
 from clipbert.losses import contrastive_loss, task_loss
-from clipbert.model import apply_lr, build_optimizer
+from clipbert.optim import apply_lr, build_optimizer
 from clipbert.pretraining import pretrain_loss
 from clipbert.scoring import autocast
 

@@ -16,7 +16,6 @@ import dataclasses
 import fnmatch
 import glob
 import hashlib
-import json
 import logging
 import math
 import os
@@ -466,7 +465,3 @@ def _summarize(output: str, ran: set[str], skipped: int, seconds: float) -> Summ
         bytes=sum(r["bytes"] for r in ok), seconds=seconds,
         failures=[(r["video_id"], r["error"]) for r in mine if r["status"] != "ok"],
     )
-
-
-def summary_json(summary: Summary) -> str:
-    return json.dumps(dataclasses.asdict(summary), indent=2)

@@ -135,7 +135,7 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
 
 @pytest.fixture(scope="session")
 def tiny_stills(tmp_path_factory) -> Path:
-    """40 captioned stills (32 train, 8 val; clipbert.synthetic_images) with their tokenizer and frame store (1-frame
+    """40 captioned stills (32 train, 8 val; clipbert.synthetic.stills) with their tokenizer and frame store (1-frame
     videos) under root/frames; returns root."""
     from clipbert.synthetic.stills import synthesize_images
 

@@ -1,13 +1,16 @@
 """Tests of bench/learn.py's bookkeeping: records merged over sessions into one table with per-seed and mean rows,
-the verdicts on the paper's claims, and the budget-stopped run scored from its best kept checkpoint."""
+the verdicts on the paper's claims, the modes' stages, and records that hold relative paths, read back under the
+workdir."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-import torch
 from conftest import load_bench
+
+from clipbert.diagnostics import DIAGNOSTICS
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     for record in records:
         (runs / f"{record['mode']}_s{record['seed']}.json").write_text(json.dumps(record))
     out = tmp_path / "out"
-    payload = learn.merge(out, runs)
+    payload = learn.merge(out, runs, tmp_path / "work")
     rows = learn.table_rows(payload["records"])
     assert [r[0] for r in rows][:4] == ["scratch_sparse", "scratch_dense", "image_text", "image_text"]
     mean = rows[4]
@@ -51,17 +54,6 @@ def test_merge_builds_one_table_with_seed_and_mean_rows_and_the_verdicts(learn, 
     assert "held-out TEST split" in capsys.readouterr().out
 
 
-def test_a_budget_stopped_run_is_scored_from_its_best_kept_checkpoint(learn, tmp_path):
-    for step in (100, 200, 300):
-        d = tmp_path / f"checkpoint_{step}"
-        d.mkdir()
-        torch.save({"step": step}, d / "train_state.pt")
-    curve = [{"step": 100, "t2v_r1": 10.0}, {"step": 200, "t2v_r1": 30.0}, {"step": 300, "t2v_r1": 20.0},
-             {"step": 400, "t2v_r1": 50.0}]  # step 400's checkpoint was not kept
-    assert learn.best_kept_checkpoint(tmp_path, curve, "t2v_r1") == tmp_path / "checkpoint_200"
-    assert learn.best_kept_checkpoint(tmp_path / "none", curve, "t2v_r1") is None
-
-
 def test_diagnostics_are_filled_only_from_the_run_a_record_describes(learn, tmp_path, capsys):
     records = tmp_path / "records"
     records.mkdir()
@@ -71,52 +63,66 @@ def test_diagnostics_are_filled_only_from_the_run_a_record_describes(learn, tmp_
     run_dir = tmp_path / "work" / "runs" / "learn_scratch_sparse_s0"
     run_dir.mkdir(parents=True)
     (run_dir / "final_metrics.json").write_text(json.dumps({"test": {"t2v_r1": 99.0}, "step": 9}))  # a later run
-    learn.fill_diagnostics(records, tmp_path / "work")
+    learn.fill_diagnostics(records, tmp_path / "work", tmp_path / "out")
     out = capsys.readouterr().out
     assert "no longer holds this record's run; train_fit, grounding, colour_only_r1, cnn_probe left out" in out
-    assert not set(learn.DIAGNOSTICS) & set(json.loads((records / "scratch_sparse_s0.json").read_text()))
+    assert not set(DIAGNOSTICS) & set(json.loads((records / "scratch_sparse_s0.json").read_text()))
 
 
-def test_word_grounding_is_filled_only_from_the_pretraining_a_record_describes(learn, tmp_path, capsys):
-    pretrain = {"final_metrics": {"val": {"mlm_acc": 60.0}}, "corpus": str(tmp_path / "stills")}
-    pretrain_dir = tmp_path / "pretrain"
-    assert not learn.fill_word_grounding("image_text_s0.json", pretrain, pretrain_dir)  # no run there
-    pretrain_dir.mkdir()
-    (pretrain_dir / "final_metrics.json").write_text(json.dumps({"val": {"mlm_acc": 70.0}}))  # another run
-    assert not learn.fill_word_grounding("image_text_s0.json", pretrain, pretrain_dir)
-    assert capsys.readouterr().out.count("no longer holds this record's pretraining; word grounding left out") == 2
-    assert "word_grounding" not in pretrain
-    done = {**pretrain, "word_grounding": {"color": 75.0}}
-    assert not learn.fill_word_grounding("image_text_s0.json", done, pretrain_dir)  # already there: untouched
-    assert done["word_grounding"] == {"color": 75.0}
+def test_records_hold_paths_relative_to_the_workdir_the_repository_and_the_output(learn, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    record = {"command": f"{learn.REPO}/jobs/train.py --storage-path {work}/runs --set data.root={work}/corpus_s0 "
+                         "--set optim.lr=1e-3",
+              "stopped": f"failed (exit 1; see {out}/learn_runs/x_s0.log)",
+              "final_metrics": {"exported": f"{work}/runs/learn_x_s0/best", "curve": [{"step": 1}]},
+              "pretrain": {"corpus": str(work)}, "other": f"{work}2/corpus"}
+    path = tmp_path / "x_s0.json"
+    learn.write_record(path, record, work, out)
+    written = json.loads(path.read_text())
+    assert written["command"] == "jobs/train.py --storage-path runs --set data.root=corpus_s0 --set optim.lr=1e-3"
+    assert written["stopped"] == "failed (exit 1; see learn_runs/x_s0.log)"
+    assert written["final_metrics"] == {"exported": "runs/learn_x_s0/best", "curve": [{"step": 1}]}
+    assert written["pretrain"] == {"corpus": "."} and written["other"] == f"{work}2/corpus"  # not under the workdir
+    assert written["paths"] == learn.PATHS_NOTE
+    learn.write_record(path, {"stopped": "see rel_out/learn_runs/x_s0.log"}, work, Path("rel_out"))  # --output relative
+    assert json.loads(path.read_text())["stopped"] == "see learn_runs/x_s0.log"
+    elsewhere = tmp_path / "elsewhere"  # the workdir, moved or on another machine
+    assert learn.corpus_root(written, elsewhere) == elsewhere / "corpus_s0"
+    assert learn.corpus_root(record, elsewhere) == work / "corpus_s0"  # an absolute path, as older records hold
+    assert learn.corpus_root({"command": "jobs/train.py"}, elsewhere) is None
 
 
-def test_only_attribute_aligns_the_events_the_way_that_differs_least(learn):
-    red, blue = ("red", "circle", "left"), ("blue", "square", "up")
-    assert learn.only_attribute([red, blue], [("green", "circle", "left"), blue]) == "color"
-    assert learn.only_attribute([red, blue], [blue, ("red", "cross", "left")]) == "shape"  # event order swapped
-    assert learn.only_attribute([red, blue], [("red", "circle", "up"), ("blue", "square", "down")]) == "direction"
-    assert learn.only_attribute([red, blue], [("green", "cross", "left"), blue]) == ""  # colour and shape
-    assert learn.only_attribute([red, blue], [blue, red]) == ""  # the same events
+def test_fill_diagnostics_reads_a_records_paths_under_the_workdir_and_writes_them_back_relative(learn, tmp_path,
+                                                                                                 monkeypatch):
+    work, out, records = tmp_path / "work", tmp_path / "out", tmp_path / "records"
+    records.mkdir()
+    record = {**_record("image_text", 0, 20, 70), "preset": "synthetic_tiny", "pretrain": {"corpus": f"{work}/stills"},
+              "command": f"{learn.REPO}/jobs/train.py --set data.root={work}/corpus_s0 "
+                         f"--set model.init_checkpoint={work}/runs/learn_image_text_pretrain_s0/best --set optim.lr=1"}
+    learn.write_record(records / "image_text_s0.json", record, work, out)
+    written = json.loads((records / "image_text_s0.json").read_text())
+    calls = []
 
+    def fill_run(name, rec, run_dir, sets):
+        calls.append((run_dir, sets))
+        rec["train_fit"] = {"t2v_r1": 1.0}
+        return True
 
-def test_attribute_only_r1_counts_the_ties_that_the_blind_attributes_leave(learn, tmp_path):
-    from clipbert.synthetic.corpus import synthesize_corpus
+    def fill_words(name, pretrain, pretrain_dir, stills):
+        calls.append((pretrain_dir, stills))
+        return False
 
-    root = tmp_path / "corpus"
-    info = synthesize_corpus(root, n_videos=12, seed=3, val_videos=1, test_videos=6, sizes=((32, 32),),
-                             min_duration=0.2, max_duration=0.3)
-    test = [v for v in info.videos if v.split == "test"]
-    colours = [frozenset(e.color for e in v.events) for v in test]  # the two colours of a video always differ
-    expected = 100.0 * sum(1 / colours.count(c) for c in colours) / len(test)
-    assert expected < 100.0  # this seed's test videos share a colour pair
-    assert learn.attribute_only_r1(root, ("color",)) == pytest.approx(expected)
-    assert learn.attribute_only_r1(root, ("color", "shape", "direction")) == 100.0  # unique event pairs
-    pairs = learn.one_attribute_pairs(root)
-    assert set(pairs) == {"color", "shape", "direction"}
-    assert all(n % 2 == 0 for n in pairs.values())  # each pair of videos counts once as either's wrong video
-    ties = sum(colours.count(c) - 1 for c in colours)  # ordered pairs of test videos with the same two colours
-    assert pairs["shape"] + pairs["direction"] <= ties
+    monkeypatch.setattr(learn, "fill_run_diagnostics", fill_run)
+    monkeypatch.setattr(learn, "fill_word_grounding", fill_words)
+    moved = tmp_path / "moved"
+    learn.fill_diagnostics(records, moved, out)
+    assert calls == [(moved / "runs" / "learn_image_text_s0",
+                      [f"data.root={moved / 'corpus_s0'}",
+                       f"model.init_checkpoint={moved / 'runs' / 'learn_image_text_pretrain_s0' / 'best'}",
+                       "optim.lr=1"]),
+                     (moved / "runs" / "learn_image_text_pretrain_s0", moved / "stills")]
+    filled = json.loads((records / "image_text_s0.json").read_text())
+    assert filled == {**written, "train_fit": {"t2v_r1": 1.0}}  # still relative: nothing names `moved`
 
 
 def test_grounding_table_has_a_row_per_diagnosed_record(learn):
@@ -127,64 +133,11 @@ def test_grounding_table_has_a_row_per_diagnosed_record(learn):
     assert learn.grounding_rows(records) == [["image_text", 0, 98.0, 55.0, None, 99.0, 80.0, 90.0, 15.0]]
 
 
-class _ConstantModel:
-    """A stand-in pretrained model whose masked-word logits favour one token id wherever it is asked."""
-
-    def __init__(self, favoured: int, vocab: int):
-        self.logits = torch.zeros(1, vocab)
-        self.logits[0, favoured] = 1.0
-
-    def eval(self):
-        return self
-
-    def encode_grid(self, frames):
-        return torch.zeros(1, 1, 3, 3, 4)
-
-    def pretrain_logits(self, grid, ids, mask, picked):
-        assert int(picked.sum()) == 1 and int(ids[picked]) != 0  # one masked position, not padding
-        return self.logits, None
-
-
-def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attributes_words(learn, tiny_stills,
-                                                                                           monkeypatch):
-    import clipbert.checkpoint
-    from clipbert.synthetic.vocabulary import ATTRIBUTES, tokenize_words
-    from clipbert.text import cached_tokenizer
-
-    tok = cached_tokenizer(str(tiny_stills / "tokenizer"))
-    square = tok.convert_tokens_to_ids("square")
-    monkeypatch.setattr(clipbert.checkpoint, "load_checkpoint", lambda path: (_ConstantModel(square, len(tok)), None))
-    accuracy = learn.word_grounding(tiny_stills / "unused", tiny_stills)
-    captions = [json.loads(line)["caption"] for line in (tiny_stills / "txt" / "pretrain_val.jsonl").open()]
-    said = {a: [w for c in captions for w in tokenize_words(c) if w in values] for a, values in ATTRIBUTES.items()}
-    # "square" wins among the shapes; colours and directions get equal logits, so the first word of each wins
-    expected = {"color": said["color"].count(ATTRIBUTES["color"][0]), "shape": said["shape"].count("square"),
-                "direction": said["direction"].count(ATTRIBUTES["direction"][0])}
-    assert accuracy == pytest.approx({a: 100.0 * n / len(said[a]) for a, n in expected.items()})
-
-
-def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(learn, tiny_corpus, monkeypatch):
-    from clipbert.checkpoint import build_model
-    from clipbert.synthetic.corpus import load_corpus
-
-    cfg = tiny_corpus.config("synthetic_tiny")
-    clips, labels = learn.event_clips(cfg, "test")
-    videos = [v for v in load_corpus(tiny_corpus.root).videos if v.split == "test"]
-    assert clips.shape == (2 * len(videos), 1, 2, 3, cfg.model.img_size, cfg.model.img_size)
-    assert labels == [e.key() for v in videos for e in v.events]  # event 1 then event 2 of each video
-    torch.manual_seed(0)
-    model, _ = build_model(cfg.model)
-    train = learn.event_clips(cfg, "train")
-    probe = learn.linear_probe(model, train, (clips, labels))
-    assert set(probe) == {"color", "shape", "direction"} and all(0 <= v <= 100 for v in probe.values())
-    # a grid that carries nothing but a constant tells no attribute apart beyond the majority guess
-    monkeypatch.setattr(model, "encode_grid", lambda x: torch.ones(len(x), 1, 3, 3, 8))
-    blind = learn.linear_probe(model, train, (clips, labels))
-    majority = {a: 100 * max(sum(lab[k] == v for lab in labels) for v in set(lab[k] for lab in labels)) / len(labels)
-                for k, a in enumerate(("color", "shape", "direction"))}
-    assert all(blind[a] <= majority[a] + 1e-6 for a in blind)
-    rows = learn.probe_rows([{"label": "m", "seed": 0, "cnn_probe": {"start": probe, "chosen": blind}}, {"label": "n"}])
-    assert rows == [["m", 0, *probe.values(), *blind.values()]]
+def test_probe_table_has_a_row_per_record_with_a_cnn_probe(learn):
+    start, chosen = {"color": 20.0, "shape": 30.0, "direction": 40.0}, {"color": 90.0, "shape": 80.0, "direction": 70.0}
+    records = [{"label": "m", "seed": 0, "cnn_probe": {"start": start, "chosen": chosen}}, {"label": "n"}]
+    rows = learn.probe_rows(records)
+    assert rows == [["m", 0, *start.values(), *chosen.values()]]
 
 
 def test_image_text_words_pretrains_at_the_pretrained_cnn_lr_and_set_overrides_it(learn, tmp_path, monkeypatch):

@@ -13,7 +13,6 @@ from clipbert.config import (
     list_presets,
     load_config,
     parse_override,
-    with_num_answers,
 )
 
 PAPER_PRESETS = ["msrvtt_ret", "didemo_ret", "anet_ret", "msrvtt_qa", "msrvtt_mc", "tgif_action",
@@ -132,8 +131,6 @@ def test_dict_round_trip_through_json():
 def test_num_answers_sync():
     c = load_config("tiny_qa", ["data.num_answers=77"])
     assert c.model.num_answers == 77
-    c2 = with_num_answers(c, 99)
-    assert (c2.data.num_answers, c2.model.num_answers, c.model.num_answers) == (99, 99, 77)
 
 
 def test_every_field_has_a_comment():

@@ -1,4 +1,4 @@
-"""Tests for the ClipBERT model: shapes, CNN input and losses, batching, freezing, optimiser groups."""
+"""Tests for the ClipBERT model: shapes, CNN input and losses, batching, freezing."""
 
 import dataclasses
 import math
@@ -12,21 +12,17 @@ from clipbert.model import (
     ClipBert,
     ClipBertOutput,
     aggregate_clip_embeddings,
-    apply_lr,
-    build_optimizer,
-    calibrate_batchnorm,
     consensus,
     contrastive_loss,
     itm_loss,
     itm_margins,
     itm_scores,
-    lr_schedule,
     mc_loss,
-    param_groups,
     predict,
     qa_loss,
     task_loss,
 )
+from clipbert.optim import build_optimizer
 
 S = 64  # 64 px -> 2x2 grid with the micro ResNet below
 
@@ -306,57 +302,3 @@ def test_autocast_bf16_on_cpu():
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(loss)
     loss.backward()
     assert m.cnn.grid_encoder[0].weight.grad is not None and torch.isfinite(m.cnn.grid_encoder[0].weight.grad).all()
-
-
-# ----------------------------------------------------------------------------------------------- optimiser
-def test_param_groups_match_original_layout():
-    m = ClipBert(micro_cfg())
-    cfg = OptimConfig(lr=1e-4, cnn_lr=2e-4, weight_decay=0.01, cnn_weight_decay=0.02, transformer_lr_mul=5.0,
-                      transformer_lr_mul_prefix="classifier", cnn_lr_mul=3.0)
-    groups = param_groups(m, cfg)
-    assert len(groups) == 8
-    names = {id(p): n for n, p in m.named_parameters()}
-    grouped = [names[id(p)] for g in groups for p in g["params"]]
-    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
-    assert sorted(grouped) == sorted(trainable)  # each trainable parameter exactly once, frozen ones excluded
-    by_name = {g["name"]: [names[id(p)] for p in g["params"]] for g in groups}
-    assert by_name["transformer/lr_mul/decay"] == ["classifier.0.weight", "classifier.2.weight"]
-    assert by_name["cnn/lr_mul/decay"] == ["cnn.grid_encoder.0.weight"] and not by_name["cnn/lr_mul/no_decay"]
-    assert all("bias" in n or "LayerNorm" in n or n == "logit_scale" for n in by_name["transformer/rest/no_decay"])
-    assert "bert.embeddings.LayerNorm.weight" in by_name["transformer/rest/no_decay"]
-    assert "visual_embeddings.row_position_embeddings.weight" in by_name["transformer/rest/decay"]
-    lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in groups}
-    assert lrs["transformer/lr_mul/decay"] == pytest.approx((5e-4, 0.01))
-    assert lrs["transformer/rest/no_decay"] == (1e-4, 0.0)
-    assert lrs["cnn/lr_mul/decay"] == pytest.approx((6e-4, 0.02)) and lrs["cnn/rest/decay"] == (2e-4, 0.02)
-    opt = build_optimizer(m, OptimConfig())
-    assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.98)
-
-
-@pytest.mark.parametrize("step, expected", [(0, 1e-8), (5, 0.5), (10, 1.0), (55, 0.5), (100, 1e-8), (120, 1e-8)])
-def test_lr_schedule_table(step, expected):
-    assert lr_schedule(step, 100, 0.1) == pytest.approx(expected)
-
-
-def test_apply_lr_uses_group_multipliers():
-    m = ClipBert(micro_cfg())
-    opt = build_optimizer(m, OptimConfig(lr=1e-3, cnn_lr=1e-3, cnn_lr_mul=10.0))
-    lrs = apply_lr(opt, 5, 100, 0.1)
-    named = dict(zip([g["name"] for g in opt.param_groups], lrs))
-    assert named["transformer/rest/decay"] == pytest.approx(5e-4)
-    assert named["cnn/lr_mul/decay"] == pytest.approx(5e-3)
-
-
-def test_calibrate_batchnorm_tames_random_init_activations():
-    torch.manual_seed(0)
-    m = ClipBert(micro_cfg()).train()
-    frames = make_batch(seed=5)[0]
-    with torch.no_grad():
-        raw = m.encode_grid(frames).abs().max()
-    calibrate_batchnorm(m, frames)
-    with torch.no_grad():
-        calibrated = m.encode_grid(frames).abs().max()
-    assert calibrated < raw / 10
-    norms = [x for x in m.cnn.modules() if isinstance(x, torch.nn.BatchNorm2d)]
-    assert all(not x.training and x.momentum == 0.1 for x in norms)
-    assert not any(p.requires_grad for x in norms for p in x.parameters())

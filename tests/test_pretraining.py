@@ -14,7 +14,7 @@ from clipbert.checkpoint import build_model, save_checkpoint
 from clipbert.config import config_to_dict, load_config
 from clipbert.data import Row, load_annotations
 from clipbert.evaluation import evaluate, metric_names
-from clipbert.model import build_optimizer
+from clipbert.optim import build_optimizer
 from clipbert.preflight import InputError, check_init_checkpoint
 from clipbert.pretraining import (
     IGNORE,
