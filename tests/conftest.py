@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 
 import av  # noqa: F401  (PyAV must load before decord: see pipelines/decode.py)
-import pyarrow as pa
 import pytest
 
 from clipbert import frames as fs
@@ -40,22 +39,12 @@ class TinyCorpus:
 
 def build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Path:
     """The frame store of every video under `videos`, written in-process (no Ray), one shard: what a clean run
-    stores."""
-    from pipelines.preprocess import decode_batch, list_videos
+    stores. Every video must decode."""
+    from pipelines.preprocess import preprocess_in_process
 
-    inputs = list_videos(str(videos)).inputs
-    decoded = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
-                           options=dataclasses.asdict(options))
-    out.mkdir(parents=True)
-    fs.write_header(out, options)
-    writer = fs.ShardWriter(out / fs.SHARDS_DIR / "r000-00000")
-    jpegs = decoded.pop("jpegs")
-    for video_id, status, frames in zip(decoded["video_id"], decoded["status"], jpegs):
-        assert status == "ok", video_id
-        writer.put_video(video_id, frames)
-    rows = pa.Table.from_pydict({**decoded, "shard": ["r000-00000"] * len(jpegs)})
-    writer.finish(rows)
-    fs.write_manifest(out, fs.read_shard_rows(out))
+    preprocess_in_process(str(videos), out, options)
+    failed = [r["video_id"] for r in fs.read_manifest(out).to_pylist() if r["status"] != "ok"]
+    assert not failed, failed
     return out
 
 
