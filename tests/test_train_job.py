@@ -139,7 +139,7 @@ def test_ray_job_submit_runs_train_to_completion(job_server, tiny_corpus, tmp_pa
     url, env = job_server
     storage = tmp_path / "runs"
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",
-           "python", "jobs/train.py", *_args(tiny_corpus, storage, "--name", "submitted")]
+           sys.executable, "jobs/train.py", *_args(tiny_corpus, storage, "--name", "submitted")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
