@@ -30,16 +30,12 @@ def start_local_ray(num_cpus: int | None = None) -> int:
     """A fresh local Ray (never another cluster) with Ray Train's idle-worker limit raised as jobs/train.py does, its
     own dashboard, which Ray Train's State API calls are pinned to (not another Ray on the machine), and no Ray Data
     progress bars; returns the dashboard's port."""
-    import ray
-
+    from clipbert.ray_init import init_ray
     from clipbert.training import keep_idle_workers
 
     keep_idle_workers()
     port = free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=port, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray("local", num_cpus, log_to_driver=False, dashboard_port=port, progress_bars=False)
     return port
 
 

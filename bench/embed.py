@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from clipbert.frames import FrameStore
+    from clipbert.ray_init import init_ray
 
     videos = FrameStore(store).ids()
     clips = len(videos) * args.clips
     t0 = time.perf_counter()
-    ray.init(address="local", log_to_driver=False)
+    init_ray("local", log_to_driver=False, progress_bars=False)
     ray_init_s = time.perf_counter() - t0
-    ray.data.DataContext.get_current().enable_progress_bars = False
     plain, ray_s = [], []
     for _ in range(args.repeats):  # alternate, so that both paths see the same machine load
         plain.append(plain_loop(ckpt, store, videos, args.clips, args.batch_size))

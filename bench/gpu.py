@@ -439,33 +439,21 @@ def texture_frames(rng: np.random.Generator, width: int, height: int, count: int
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)  # (count, H, W, 3)
 
 
-def manifest_row(video_id: str, jpegs: list[bytes], sizes: Sizes, shard: str) -> dict[str, Any]:
-    w, h = sizes.store_size
-    n, fps = len(jpegs), sizes.store_fps
-    return {"video_id": video_id, "source": f"synthetic/{video_id}", "status": "ok", "error": "", "num_frames": n,
-            "fps": fps, "src_fps": fps, "duration_s": n / fps, "width": w, "height": h, "src_width": w,
-            "src_height": h, "src_frames": n, "bytes": sum(len(j) for j in jpegs), "shard": shard}
-
-
 def write_frame_store(root: Path, sizes: Sizes, rng: np.random.Generator) -> list[str]:
-    """A one-shard frame store of random-texture videos written straight with clipbert.frames; their ids."""
-    import pyarrow as pa
-
+    """A one-shard frame store of random-texture videos written in this process with clipbert.frames; their ids."""
     from clipbert import frames as fs
 
     options = fs.StoreOptions(fps=sizes.store_fps, max_side=max(sizes.store_size))
-    root.mkdir(parents=True)
-    fs.write_header(root, options)
-    shard = "r000-00000"
-    writer = fs.ShardWriter(root / fs.SHARDS_DIR / shard)
-    ids, rows = [f"video{i:05d}" for i in range(sizes.store_videos)], []
-    for video_id in ids:
-        frames = texture_frames(rng, *sizes.store_size, sizes.store_frames)  # (F, H, W, 3)
-        jpegs = [fs.encode_jpeg(f, options.jpeg_quality) for f in frames]
-        writer.put_video(video_id, jpegs)
-        rows.append(manifest_row(video_id, jpegs, sizes, shard))
-    writer.finish(pa.Table.from_pylist(rows))
-    fs.write_manifest(root, fs.read_shard_rows(root))
+    (w, h), fps, ids = sizes.store_size, sizes.store_fps, [f"video{i:05d}" for i in range(sizes.store_videos)]
+
+    def videos():
+        for video_id in ids:
+            frames = texture_frames(rng, w, h, sizes.store_frames)  # (F, H, W, 3)
+            jpegs = [fs.encode_jpeg(f, options.jpeg_quality) for f in frames]
+            yield fs.ok_row(video_id, f"synthetic/{video_id}", jpegs, fps=fps, width=w, height=h, src_fps=fps,
+                            src_width=w, src_height=h, src_frames=len(jpegs)), jpegs
+
+    fs.write_store(root, options, videos())
     return ids
 
 

@@ -131,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not (store_dir / "manifest.parquet").exists():
         import ray
 
+        from clipbert.ray_init import init_ray
         from pipelines.preprocess import run_preprocess
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        init_ray("local", 2, include_dashboard=False, log_to_driver=False)
         run_preprocess(str(root / "videos"), str(store_dir), StoreOptions())
         ray.shutdown()
     store = FrameStore(store_dir)

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import corpus, print_table, write_json  # noqa: E402
 
 from clipbert import frames as fs  # noqa: E402
+from clipbert.ray_init import init_ray  # noqa: E402
 
 OPTIONS = fs.StoreOptions()  # what the pipeline stores; the reference rows keep the same frames
 
@@ -217,7 +218,7 @@ def pipeline(paths: list[str], videos_dir: Path, out: Path, cpus: int) -> tuple[
         shutil.rmtree(path, ignore_errors=True)
     os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default, 15, would lose the CPUs to the reference rows
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)  # never another's Ray
+    init_ray("local", cpus, include_dashboard=False, log_to_driver=False)  # never another's Ray
     init_s = time.perf_counter() - start
     runs = {}
     try:

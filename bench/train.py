@@ -32,6 +32,7 @@ from common import corpus, free_port, print_table, write_json  # noqa: E402
 
 from clipbert.config import Config, config_to_dict, load_config  # noqa: E402
 from clipbert.logs import setup_logging  # noqa: E402
+from clipbert.ray_init import init_ray  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,8 +122,7 @@ def run_mode(args: argparse.Namespace, mode: str, base: Config, storage: str) ->
     os.environ.pop(IDLE_WORKERS_ENV, None)
     if mode == "raised":
         keep_idle_workers()
-    ray.init(address="local", dashboard_port=free_port(), log_to_driver=False)  # never another cluster here
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray("local", log_to_driver=False, dashboard_port=free_port(), progress_bars=False)
     try:
         return [{"idle_workers": mode, **fit_once(args, base, w, t, f"{storage}/{mode}")} for w, t in fits(args)]
     finally:
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import ray
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray("local", include_dashboard=False, log_to_driver=False, progress_bars=False)
     root = prepare_corpus(args.workdir.resolve(), args.videos, args.seed)  # absolute: workers run elsewhere
     ray.shutdown()
     base = load_config(args.config, [f"data.root={root}", *args.set])  # read once: every fit trains the same

@@ -23,7 +23,7 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import lmdb
 import numpy as np
@@ -182,6 +182,48 @@ class ShardWriter:
     def abort(self) -> None:
         """Close the environment without marking the shard complete (a re-run deletes it)."""
         self._env.close()
+
+
+def ok_row(video_id: str, source: str, jpegs: Sequence[bytes], *, fps: float, width: int, height: int,
+           src_fps: float, src_width: int, src_height: int, src_frames: int, warning: str = "") -> dict:
+    """The manifest row (without its shard) of a video stored as `jpegs` at `fps`, `width` x `height`."""
+    return dict(video_id=video_id, source=source, status="ok", error=warning, num_frames=len(jpegs), fps=fps,
+                src_fps=src_fps, duration_s=len(jpegs) / fps, width=width, height=height, src_width=src_width,
+                src_height=src_height, src_frames=src_frames, bytes=sum(len(j) for j in jpegs))
+
+
+def write_shard(root: str | Path, shard: str, videos: Iterable[tuple[dict, Sequence[bytes]]],
+                before_put: Callable[[str], None] | None = None) -> int:
+    """Store `videos`, (manifest row without its shard, JPEG frames) pairs, in the shard `shard` of the store at
+    `root` (a failed row's frames are not stored), then the shard's rows, which mark it complete; returns how many
+    rows. ``before_put(video_id)`` runs before each video is stored. On any error the shard is left unfinished
+    (no rows), so a re-run deletes and redoes it."""
+    writer = ShardWriter(Path(root) / SHARDS_DIR / shard)
+    rows = []
+    try:
+        for row, jpegs in videos:
+            if before_put is not None:
+                before_put(row["video_id"])
+            if row["status"] == "ok":
+                writer.put_video(row["video_id"], jpegs)
+            rows.append({**row, "shard": shard})
+        writer.finish(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+    except BaseException:
+        writer.abort()
+        raise
+    return len(rows)
+
+
+def write_store(root: str | Path, options: StoreOptions, videos: Iterable[tuple[dict, Sequence[bytes]]],
+                shard: str = "r000-00000") -> Path:
+    """A complete frame store written in this process (no Ray): the header, one shard of `videos` ((manifest row,
+    JPEG frames) pairs) and the manifest; the store a clean preprocessing run of the same rows writes."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_header(root, options)
+    write_shard(root, shard, videos)
+    write_manifest(root, read_shard_rows(root))
+    return root
 
 
 def _lmdb_call(shard_dir: Path, size: int, fn):

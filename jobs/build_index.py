@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 
+from clipbert.exit_codes import FAILED, job_main
 from clipbert.logs import setup_logging
 
 logger = logging.getLogger("build_index")
@@ -63,14 +64,11 @@ def _checked(args: argparse.Namespace) -> tuple[list[str] | None, int]:
     return (read_video_list(args.videos) if args.videos else None), parse_memory(args.memory_budget)
 
 
+@job_main(logger, "building the index")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    try:
-        video_ids, budget = _checked(args)
-    except (ValueError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
+    video_ids, budget = _checked(args)
     from clipbert.checkpoint import contrastive_logit_scale
     from clipbert.embeddings import read_header, read_rows
     from clipbert.index import VideoIndex
@@ -80,25 +78,18 @@ def main(argv: list[str] | None = None) -> int:
 
     init_ray(args.address, args.num_cpus, log_to_driver=False)
     emb_dir = args.embeddings or os.path.join(args.output, "embeddings")
-    try:
-        summary = run_embed(args.checkpoint, args.frame_store, emb_dir, n_clips=args.clips, video_ids=video_ids,
-                            num_actors=args.num_actors, use_gpu=args.gpu, batch_size=args.batch_size)
-        for line in summary.lines():
-            print(line)
-        if not read_rows(emb_dir, ["status"]).column("status").to_pylist().count("ok"):
-            logger.error("no video of %s could be embedded (see the failures above)", args.frame_store)
-            return 1
-        provenance = {**read_header(emb_dir), "embeddings": os.path.abspath(emb_dir)}
-        index = VideoIndex.build(emb_dir, args.output, granularity=args.granularity, memory_budget=budget,
-                                 factory=args.index_type, video_ids=video_ids, provenance=provenance,
-                                 logit_scale=contrastive_logit_scale(args.checkpoint),
-                                 add_fn=sharded_add(args.add_tasks) if args.add_tasks > 0 else None)
-    except (ValueError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    except OSError as e:  # a full disk or another storage error, with the path
-        logger.error("%s", e)
-        return 1
+    summary = run_embed(args.checkpoint, args.frame_store, emb_dir, n_clips=args.clips, video_ids=video_ids,
+                        num_actors=args.num_actors, use_gpu=args.gpu, batch_size=args.batch_size)
+    for line in summary.lines():
+        print(line)
+    if not read_rows(emb_dir, ["status"]).column("status").to_pylist().count("ok"):
+        logger.error("no video of %s could be embedded (see the failures above)", args.frame_store)
+        return FAILED
+    provenance = {**read_header(emb_dir), "embeddings": os.path.abspath(emb_dir)}
+    index = VideoIndex.build(emb_dir, args.output, granularity=args.granularity, memory_budget=budget,
+                             factory=args.index_type, video_ids=video_ids, provenance=provenance,
+                             logit_scale=contrastive_logit_scale(args.checkpoint),
+                             add_fn=sharded_add(args.add_tasks) if args.add_tasks > 0 else None)
     info = index.info
     print(f"index {args.output}: {info['factory']} over {info['vectors']:,} {info['granularity']} vectors "
           f"of {info['videos']:,} videos, recall@10 {info['recall_at_10']:.3f}, built in "

@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=120, help="finetuning epochs")
     p.add_argument("--k", type=int, default=5, help="hits printed per example query")
     p.add_argument("--rerank", type=int, default=8, help="cross-encoder re-rank depth (evaluation and examples)")
+    p.add_argument("--address", default=None, help="Ray address to join (default: RAY_ADDRESS, else a new local Ray)")
     return p.parse_args(argv)
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import ray
 
+    from clipbert.ray_init import init_ray
     from clipbert.caption_cnn import pretrain_cnn_on_captions
     from clipbert.config import load_config
     from clipbert.frames import StoreOptions
@@ -99,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         corpus, n_videos=args.videos, seed=args.seed, val_videos=args.val_videos, test_videos=args.test_videos,
         max_duration=8.0, sizes=[(160, 120), (120, 160), (160, 160)], workers=2, overwrite=True))
     steps.run("synthesize captioned stills", (stills / "images.json").exists(), lambda: synthesize_images(
-        stills, n_images=args.stills, seed=args.seed + 1000, overwrite=True))
+        stills, n_images=args.stills, val_images=min(100, args.stills // 4), seed=args.seed + 1000, overwrite=True))
     keep_idle_workers()  # data workers survive between epochs of the local Ray started below
     outputs = (corpus / "frames" / "manifest.parquet", stills / "frames" / "manifest.parquet",
                runs / "demo" / "final_metrics.json", index / "index.json")
-    steps.run("start Ray", all(p.exists() for p in outputs), lambda: ray.init(log_to_driver=True))
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    steps.run("start Ray", all(p.exists() for p in outputs),
+              lambda: init_ray(args.address, progress_bars=False))
     for name, root in (("videos", corpus), ("stills", stills)):
         summary = steps.run(f"preprocess the {name} (Ray Data)", (root / "frames" / "manifest.parquet").exists(),
                             lambda root=root: run_preprocess(str(root / ("videos" if root is corpus else "images")),

@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 
+from clipbert.exit_codes import job_main
 from clipbert.frames import StoreOptions
 from clipbert.logs import setup_logging
 
@@ -37,27 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@job_main(logger, "preprocessing")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     from clipbert.ray_init import init_ray
     from pipelines.preprocess import run_preprocess
 
-    try:
-        options = StoreOptions(fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
-    except ValueError as e:
-        logger.error("%s", e)
-        return 2
+    options = StoreOptions(fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
     init_ray(args.address, args.num_cpus, log_to_driver=False)
-    try:
-        summary = run_preprocess(args.videos, args.output, options, videos_per_shard=args.videos_per_shard,
-                                 concurrency=args.concurrency)
-    except (ValueError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
-    except OSError as e:  # a full disk or another storage error, with the path
-        logger.error("%s", e)
-        return 1
+    summary = run_preprocess(args.videos, args.output, options, videos_per_shard=args.videos_per_shard,
+                             concurrency=args.concurrency)  # a storage error (a full disk) names its path: exit 1
     for line in summary.lines():
         print(line)
     return 0 if summary.store_ok > 0 else 1

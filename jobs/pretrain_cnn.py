@@ -32,6 +32,7 @@ import torch
 from clipbert.caption_cnn import pretrain_cnn_on_captions
 from clipbert.cnn_pretrain import pretrain_cnn
 from clipbert.config import load_config
+from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 
 logger = logging.getLogger("pretrain_cnn")
@@ -56,49 +57,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@job_main(logger, "CNN pretraining")
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     if args.objective == "captions":
         return _captions(args)
     if args.corpus is None:
-        logger.error("--objective attributes needs --corpus")
-        return 2
+        raise ValueError("--objective attributes needs --corpus")
     corpus = Path(args.corpus)
     frames = Path(args.frames) if args.frames else corpus / "frames"
     for path, what in ((corpus / "corpus.json", "corpus.json"), (frames, "frame store")):
         if not path.exists():
-            logger.error("no %s at %s", what, path)
-            return 2
-    try:
-        cfg = load_config(args.config, args.set)
-    except (FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+            raise FileNotFoundError(f"no {what} at {path}")
+    cfg = load_config(args.config, args.set)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        pretrain_cnn(cfg.model, corpus, frames, args.output, minutes=args.minutes, max_steps=args.max_steps,
-                     batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+    pretrain_cnn(cfg.model, corpus, frames, args.output, minutes=args.minutes, max_steps=args.max_steps,
+                 batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     return 0
 
 
 def _captions(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.set)
-        if cfg.data.task != "pretrain":
-            raise ValueError(f"--objective captions needs an image-text pretraining config (data.task pretrain), "
-                             f"{args.config} has {cfg.data.task!r}")
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
-        pretrain_cnn_on_captions(cfg, args.output, minutes=args.minutes, max_steps=args.max_steps,
-                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    except (FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+    cfg = load_config(args.config, args.set)
+    if cfg.data.task != "pretrain":
+        raise ValueError(f"--objective captions needs an image-text pretraining config (data.task pretrain), "
+                         f"{args.config} has {cfg.data.task!r}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    pretrain_cnn_on_captions(cfg, args.output, minutes=args.minutes, max_steps=args.max_steps,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     return 0
 
 

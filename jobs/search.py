@@ -22,6 +22,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def _write_html(path: str, searcher: Searcher, queries: list[str], results: list
     print(f"\ncontact sheet: {path}")
 
 
+@job_main(logger, "search")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -81,28 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     from clipbert.search_eval import evaluate_search
 
     if not args.query and not args.eval:
-        logger.error("give --query TEXT (repeatable) or --eval ANNOTATIONS.jsonl")
-        return 2
+        raise ValueError("give --query TEXT (repeatable) or --eval ANNOTATIONS.jsonl")
     if args.html and not args.query:
-        logger.error("--html writes the hits of --query TEXT (repeatable)")
-        return 2
-    try:
-        searcher = Searcher(args.index, checkpoint=args.checkpoint, frame_store=args.frame_store,
-                            tokenizer=args.tokenizer, device=args.device)
-        if args.eval:
-            depths = [int(d) for d in args.depths.split(",") if d.strip()]
-            out = evaluate_search(searcher, args.eval, depths=depths, all_pairs=not args.no_all_pairs)
-            _print_rows(out)
-        else:
-            results = searcher.search(args.query, k=args.k, rerank=args.rerank, aggregate=args.aggregate)
-            for query, hits in zip(args.query, results):
-                _print_hits(query, hits)
-            out = [{"query": q, "hits": [dataclasses.asdict(h) for h in hits]} for q, hits in zip(args.query, results)]
-            if args.html:
-                _write_html(args.html, searcher, args.query, results, args.index)
-    except (ValueError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
+        raise ValueError("--html writes the hits of --query TEXT (repeatable)")
+    searcher = Searcher(args.index, checkpoint=args.checkpoint, frame_store=args.frame_store,
+                        tokenizer=args.tokenizer, device=args.device)
+    if args.eval:
+        depths = [int(d) for d in args.depths.split(",") if d.strip()]
+        out = evaluate_search(searcher, args.eval, depths=depths, all_pairs=not args.no_all_pairs)
+        _print_rows(out)
+    else:
+        results = searcher.search(args.query, k=args.k, rerank=args.rerank, aggregate=args.aggregate)
+        for query, hits in zip(args.query, results):
+            _print_hits(query, hits)
+        out = [{"query": q, "hits": [dataclasses.asdict(h) for h in hits]} for q, hits in zip(args.query, results)]
+        if args.html:
+            _write_html(args.html, searcher, args.query, results, args.index)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

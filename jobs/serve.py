@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 
+from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 
 logger = logging.getLogger("serve")
@@ -44,15 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@job_main(logger, "starting the service")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     if not os.path.exists(os.path.join(args.index, "index.json")):
-        logger.error("no index at %s (no index.json): build one with jobs/build_index.py", args.index)
-        return 2
+        raise FileNotFoundError(f"no index at {args.index} (no index.json): build one with jobs/build_index.py")
     if args.replicas < 1 or args.num_cpus <= 0:
-        logger.error("--replicas must be >= 1 and --num-cpus > 0, got %d and %g", args.replicas, args.num_cpus)
-        return 2
+        raise ValueError(f"--replicas must be >= 1 and --num-cpus > 0, got {args.replicas} and {args.num_cpus:g}")
     import ray
     from ray import serve
 
@@ -63,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build_app(args.index, checkpoint=args.checkpoint, frame_store=args.frame_store, tokenizer=args.tokenizer,
                     rerank=args.rerank, replicas=args.replicas, num_cpus=args.num_cpus)
-    try:
-        serve.run(app, name="clipbert_search", route_prefix="/")
-    except RuntimeError as e:
-        logger.error("the service failed to start: %s", e)
-        return 1
+    serve.run(app, name="clipbert_search", route_prefix="/")
     print(f"serving {args.index} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 
+from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 from clipbert.synthetic.corpus import synthesize_corpus
 
@@ -79,35 +80,28 @@ def _split_counts(args: argparse.Namespace) -> tuple[int, int | None, int | None
 def images_main(args: argparse.Namespace) -> int:
     from clipbert.synthetic.stills import synthesize_images
 
-    try:
-        specs = synthesize_images(args.output, n_images=args.images, val_images=args.val_images, seed=args.seed,
-                                  captions_per_image=args.captions_per_image, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        logger.error("%s", e)
-        return 2
+    specs = synthesize_images(args.output, n_images=args.images, val_images=args.val_images, seed=args.seed,
+                              captions_per_image=args.captions_per_image, overwrite=args.overwrite)
     captions = sum(len(s.captions) for s in specs)
     print(f"images: {len(specs)} (train {len(specs) - args.val_images}, val {args.val_images}); {captions} captions")
     print(f"wrote {args.output}")
     return 0
 
 
+@job_main(logger, "synthesis")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     if args.images is not None:
         return images_main(args)
-    try:
-        n_videos, val_videos, test_videos = _split_counts(args)
-        info = synthesize_corpus(
-            args.output, n_videos=n_videos, seed=args.seed, mixed_formats=args.mixed_formats,
-            val_videos=val_videos, test_videos=test_videos, val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction, min_duration=args.min_duration, max_duration=args.max_duration,
-            sizes=args.sizes, fps_choices=args.fps, qa_per_video=args.qa_per_video,
-            mc_changes=tuple(args.mc_changes), paraphrases=args.paraphrases, workers=args.workers,
-            overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        logger.error("%s", e)
-        return 2
+    n_videos, val_videos, test_videos = _split_counts(args)
+    info = synthesize_corpus(
+        args.output, n_videos=n_videos, seed=args.seed, mixed_formats=args.mixed_formats,
+        val_videos=val_videos, test_videos=test_videos, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, min_duration=args.min_duration, max_duration=args.max_duration,
+        sizes=args.sizes, fps_choices=args.fps, qa_per_video=args.qa_per_video,
+        mc_changes=tuple(args.mc_changes), paraphrases=args.paraphrases, workers=args.workers,
+        overwrite=args.overwrite)
     formats: dict[str, int] = {}
     for v in info.videos:
         formats[v.ext] = formats.get(v.ext, 0) + 1

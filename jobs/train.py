@@ -23,6 +23,7 @@ import os
 import sys
 
 from clipbert.config import load_config
+from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 
 logger = logging.getLogger("train")
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@job_main(logger, "training")
 def main(argv: list[str] | None = None, *, task: str | None = None) -> int:
     """Run the job; ``task``: the data.task the config must have (jobs/pretrain.py passes "pretrain")."""
     args = parse_args(argv)
@@ -52,36 +54,20 @@ def main(argv: list[str] | None = None, *, task: str | None = None) -> int:
         overrides.append(f"train.num_workers={args.num_workers}")
     if args.gpu is not None:
         overrides.append(f"train.use_gpu={args.gpu}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        return 2
+    cfg = load_config(args.config, overrides)
     if task is not None and cfg.data.task != task:
-        logger.error("--config %s is a data.task=%s config; this job needs data.task=%s", args.config,
-                     cfg.data.task, task)
-        return 2
+        raise ValueError(f"--config {args.config} is a data.task={cfg.data.task} config; this job needs "
+                         f"data.task={task}")
     from clipbert.training import keep_idle_workers, prepare_run, run_training
 
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     storage = args.storage_path if "://" in args.storage_path else os.path.abspath(args.storage_path)
-    try:  # every input path is checked here, before Ray starts
-        task = prepare_run(cfg, storage)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        logger.error("%s", e)
-        return 2
+    task = prepare_run(cfg, storage)  # every input path is checked here, before Ray starts
     from clipbert.ray_init import init_ray
 
     keep_idle_workers()  # only matters when init_ray below starts a local Ray
     init_ray(args.address, args.num_cpus)
-    try:
-        final = run_training(cfg, storage_path=storage, name=name, task=task)
-    except (ValueError, FileNotFoundError, PermissionError) as e:  # the workers do not fit the cluster
-        logger.error("%s", e)
-        return 2
-    except Exception as e:  # the trainer's own error, after its retries
-        logger.error("training failed: %s", e)
-        return 1
+    final = run_training(cfg, storage_path=storage, name=name, task=task)
     print(json.dumps({k: final[k] for k in ("val", "test", "exported")}, indent=2, default=float))
     return 0
 

@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 
+from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 
 logger = logging.getLogger("tune")
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@job_main(logger, "the sweep")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -70,21 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                      max_concurrent=args.max_concurrent, scheduler=args.scheduler, search=args.search,
                      metric=args.metric, mode=args.mode, storage_path=os.path.abspath(args.storage_path), name=name,
                      grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed)
-    try:
-        prepared = prepare_sweep(spec)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        logger.error("%s", e)
-        return 2
+    prepared = prepare_sweep(spec)  # every input is checked here, before Ray starts
     from clipbert.ray_init import init_ray
     from clipbert.training import keep_idle_workers
 
     keep_idle_workers()
     init_ray(args.address, args.num_cpus)
-    try:
-        records = run_sweep(prepared)
-    except ValueError as e:  # the trials do not fit the cluster, or a resume with other arguments
-        logger.error("%s", e)
-        return 2
+    records = run_sweep(prepared)  # ValueError: the trials do not fit the cluster, or a resume with other arguments
     table = trials_table(records, prepared.metric, prepared.mode)
     print(format_table(table, prepared.metric, [d.key for d in prepared.dims]))
     print(f"sweep outputs in {spec.path}: trials.parquet, sweep.png"

@@ -352,21 +352,9 @@ class FrameStoreSink(Datasink):
 
     def write(self, blocks: Iterable[pa.Table], ctx: Any) -> dict:
         shard = f"{self.run_prefix}-{ctx.task_idx:05d}"
-        writer = fs.ShardWriter(Path(self.root) / fs.SHARDS_DIR / shard)
-        rows = []
-        try:
-            for block in blocks:
-                for row in block.to_pylist():
-                    jpegs = row.pop("jpegs")
-                    faults.hold_once(self.fault, row["video_id"])
-                    if row["status"] == "ok":
-                        writer.put_video(row["video_id"], jpegs)
-                    rows.append({**row, "shard": shard})
-            writer.finish(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
-        except BaseException:
-            writer.abort()  # unfinished: no rows, so a re-run deletes the shard and redoes its videos
-            raise
-        return {"shard": shard, "videos": len(rows)}
+        videos = ((row, row.pop("jpegs")) for block in blocks for row in block.to_pylist())
+        count = fs.write_shard(self.root, shard, videos, lambda video_id: faults.hold_once(self.fault, video_id))
+        return {"shard": shard, "videos": count}
 
     def on_write_complete(self, write_result: Any) -> None:
         fs.write_manifest(self.root, fs.read_shard_rows(self.root))
@@ -391,6 +379,17 @@ def _check_options(root: str, options: StoreOptions) -> None:
     if diffs:
         raise ValueError(f"{root} was made with other options ({'; '.join(diffs)}): "
                          "use a new --output or the same options to resume")
+
+
+def preprocess_in_process(videos: str, out: str | Path, options: StoreOptions) -> Path:
+    """The frame store of `videos` (as `run_preprocess` lists them) decoded and written in this process without
+    Ray, in one shard: the store a clean run of them writes, for tests and small tools; returns `out`."""
+    inputs = list_videos(videos).inputs
+    decoded = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
+                           options=dataclasses.asdict(options))
+    jpegs = decoded.pop("jpegs")
+    rows = [dict(zip(decoded, values)) for values in zip(*decoded.values())]
+    return fs.write_store(out, options, zip(rows, jpegs))
 
 
 def run_preprocess(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
 from pathlib import Path
 
 import av  # noqa: F401  (PyAV must load before decord: see pipelines/decode.py)
-import pyarrow as pa
 import pytest
 
 from clipbert import frames as fs
 from clipbert.config import Config, load_config
+from clipbert.ray_init import init_ray, state_api_env
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # CLI clients (ray job submit) and the drivers agree
 
@@ -40,22 +39,12 @@ class TinyCorpus:
 
 def build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Path:
     """The frame store of every video under `videos`, written in-process (no Ray), one shard: what a clean run
-    stores."""
-    from pipelines.preprocess import decode_batch, list_videos
+    stores. Every video must decode."""
+    from pipelines.preprocess import preprocess_in_process
 
-    inputs = list_videos(str(videos)).inputs
-    decoded = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
-                           options=dataclasses.asdict(options))
-    out.mkdir(parents=True)
-    fs.write_header(out, options)
-    writer = fs.ShardWriter(out / fs.SHARDS_DIR / "r000-00000")
-    jpegs = decoded.pop("jpegs")
-    for video_id, status, frames in zip(decoded["video_id"], decoded["status"], jpegs):
-        assert status == "ok", video_id
-        writer.put_video(video_id, frames)
-    rows = pa.Table.from_pydict({**decoded, "shard": ["r000-00000"] * len(jpegs)})
-    writer.finish(rows)
-    fs.write_manifest(out, fs.read_shard_rows(out))
+    preprocess_in_process(str(videos), out, options)
+    failed = [r["video_id"] for r in fs.read_manifest(out).to_pylist() if r["status"] != "ok"]
+    assert not failed, failed
     return out
 
 
@@ -170,66 +159,104 @@ def ray_env():
         os.environ.pop(IDLE_WORKERS_ENV, None)
 
 
-def state_api_env(dashboard_port: int) -> dict[str, str]:
-    """Pins the State API of every process of a test Ray to that Ray's own dashboard.
-
-    Ray Train's placement-group cleaner asks the State API whether the run's controller is alive. Left to find a
-    cluster by itself it may reach another Ray on this machine (the latest one `ray start`ed), not find the
-    controller there, and remove the run's placement group mid-run.
-    """
-    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
-
-
 @pytest.fixture(scope="session")
 def state_api():
-    """`state_api_env`, for Ray processes started by tests."""
+    """`clipbert.ray_init.state_api_env`, for Ray processes started by tests."""
     return state_api_env
 
 
-@contextlib.contextmanager
-def own_dashboard():
-    """A free dashboard port for a test Ray, with this process's State API pinned to it meanwhile."""
-    port = pick_free_port()
-    with pytest.MonkeyPatch.context() as mp:
+TWO_NODE_SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}  # a lost node is
+# seen within about 2 s
+
+
+class SharedRay:
+    """The one Ray of the test session, this process connected: a local 2-CPU Ray, or a cluster of two 1-CPU nodes
+    on this machine (ray.cluster_utils.Cluster). Each starts on first need, with its own dashboard that this
+    process's State API (and that of every job a test launches) is pinned to, and stays up until a test needs the
+    other kind; `pytest_collection_modifyitems` runs the two-node tests last, so each kind starts once."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.cluster = None
+        self.saved_env: dict[str, str | None] = {}
+
+    @property
+    def address(self) -> str:
+        """The GCS address that jobs launched by tests join with --address."""
+        import ray
+
+        return ray.get_runtime_context().gcs_address
+
+    def local(self) -> "SharedRay":
+        if self.kind != "local":
+            self.stop()
+            port = pick_free_port()
+            self._pin_state_api(port)
+            init_ray("local", 2, dashboard_port=port, progress_bars=False)
+            self.kind = "local"
+        return self
+
+    def two_nodes(self):
+        """The two-node cluster (its `Cluster` object)."""
+        import ray
+        from ray.cluster_utils import Cluster
+
+        if self.kind != "two_nodes":
+            self.stop()
+            port = pick_free_port()
+            self._pin_state_api(port)
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+                "_system_config": TWO_NODE_SYSTEM_CONFIG})
+            self.cluster.add_node(num_cpus=1)
+            self.cluster.wait_for_nodes()
+            init_ray(self.cluster.address, progress_bars=False)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            self.kind = "two_nodes"
+        return self.cluster
+
+    def _pin_state_api(self, port: int) -> None:
         for key, value in state_api_env(port).items():
-            mp.setenv(key, value)
-        yield port
+            self.saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def stop(self) -> None:
+        import ray
+
+        if self.kind is not None:
+            ray.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+        self.kind, self.cluster = None, None
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.saved_env = {}
 
 
-@pytest.fixture(scope="module")
-def ray_local(ray_env):
-    """A local 2-CPU Ray for one test module (with its own dashboard), without Ray Data progress bars."""
-    import ray
-
-    with own_dashboard() as port:
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        yield ray
-        ray.shutdown()
+@pytest.fixture(scope="session")
+def shared_ray(ray_env):
+    ray = SharedRay()
+    yield ray
+    ray.stop()
 
 
-@contextlib.contextmanager
-def two_node_cluster(system_config: dict | None = None):
-    """A Ray cluster of two 1-CPU nodes on this machine (ray.cluster_utils.Cluster), this process connected; the
-    head node with its own dashboard and `system_config` (Ray's `_system_config`)."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    with own_dashboard() as port:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-            "_system_config": system_config or {}})
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        yield cluster
-        ray.shutdown()
-        cluster.shutdown()
+@pytest.fixture
+def ray_local(shared_ray):
+    """The session's local 2-CPU Ray (with its own dashboard), without Ray Data progress bars; `.address` is its
+    GCS address for jobs launched with --address."""
+    return shared_ray.local()
 
 
-@pytest.fixture(scope="module")
-def ray_two_nodes(ray_env):
-    """A Ray cluster of two 1-CPU nodes on this machine, this process connected."""
-    with two_node_cluster() as cluster:
-        yield cluster
+@pytest.fixture
+def ray_two_nodes(shared_ray):
+    """The session's Ray cluster of two 1-CPU nodes on this machine, this process connected (a node is declared
+    lost after about 2 s); tests that remove a node add one back."""
+    return shared_ray.two_nodes()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the two-node cluster run last (in their own order), so that the session starts each Ray once."""
+    items.sort(key=lambda item: "ray_two_nodes" in getattr(item, "fixturenames", ()))

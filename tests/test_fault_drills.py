@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import two_node_cluster
 from drills import (
     STORE_OPTIONS,
     Background,
@@ -44,14 +43,6 @@ from pipelines.preprocess import run_preprocess
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ALL = [f"v{i}" for i in range(6)]
-
-
-@pytest.fixture(scope="module")
-def ray_two_nodes(ray_env):
-    """conftest's two 1-CPU nodes, with a lost node noticed in about 1.5 s instead of 15 (GCS health checks every
-    0.5 s, 3 misses), so that the node-loss drills spend their time recovering rather than waiting."""
-    with two_node_cluster({"health_check_period_ms": 500, "health_check_failure_threshold": 3}) as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from clipbert import frames as fs
 from clipbert.synthetic.encode import write_video
@@ -33,13 +32,6 @@ def _moving_square(n, h, w, seed=0):
         x = (t * 5) % max(1, w - side)
         out[t, h // 3 : h // 3 + side, x : x + side] = colour
     return out
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +65,8 @@ def bad_inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def store(ray_cluster, bad_inputs, tmp_path_factory):
+def store(shared_ray, bad_inputs, tmp_path_factory):
+    shared_ray.local()
     out = tmp_path_factory.mktemp("store")
     summary = run_preprocess(str(bad_inputs[0]), str(out), videos_per_shard=3)
     return out, summary
@@ -148,7 +141,7 @@ def test_duplicate_ids_are_an_error_before_any_work(tmp_path):
         list_videos(str(tmp_path))
 
 
-def test_list_file_with_a_missing_path_becomes_a_failed_row(ray_cluster, bad_inputs, tmp_path):
+def test_list_file_with_a_missing_path_becomes_a_failed_row(ray_local, bad_inputs, tmp_path):
     listed = [bad_inputs[0] / "good.mp4", bad_inputs[0] / "gone.mp4"]
     list_file = tmp_path / "videos.txt"
     list_file.write_text("# inputs\n" + "\n".join(map(str, listed)) + "\n")
@@ -164,12 +157,12 @@ def test_glob_input_and_ids_relative_to_its_root(bad_inputs):
     assert all(v.source.endswith(".mp4") for v in listing.inputs)
 
 
-def test_resume_with_other_options_is_refused(ray_cluster, store, bad_inputs):
+def test_resume_with_other_options_is_refused(ray_local, store, bad_inputs):
     with pytest.raises(ValueError, match="jpeg_quality: store has 90, asked 50"):
         run_preprocess(str(bad_inputs[0]), str(store[0]), fs.StoreOptions(jpeg_quality=50))
 
 
-def test_job_exit_codes(tmp_path):
+def test_job_exit_codes(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "zero.mp4").write_bytes(b"")
     args = ["--videos", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--num-cpus", "1"]
@@ -178,9 +171,10 @@ def test_job_exit_codes(tmp_path):
     assert job.main(["--videos", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2")]) == 2
 
 
-def _run_job(videos, out, **popen):
+def _run_job(videos, out, address: str, **popen):
+    """jobs/preprocess.py in a process group of its own, joining the Ray at `address`."""
     cmd = [sys.executable, str(ROOT / "jobs" / "preprocess.py"), "--videos", str(videos), "--output", str(out),
-           "--videos-per-shard", "1", "--concurrency", "1", "--num-cpus", "2"]
+           "--videos-per-shard", "1", "--concurrency", "1", "--address", address]
     return subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, **popen)
 
@@ -205,15 +199,14 @@ def _settled_shard_count(out, quiet_s: float = 2.0, limit_s: float = 30.0) -> in
     return count
 
 
-def test_resume_after_a_killed_run_equals_a_clean_run(tmp_path):
+def test_resume_after_a_killed_run_equals_a_clean_run(ray_local, tmp_path):
     videos = tmp_path / "videos"
     for i in range(10):
         write_video(videos / f"v{i}.mp4", _moving_square(60, 96, 128, seed=i), fps=30)
-    clean = _run_job(videos, tmp_path / "clean")
-    assert clean.wait(timeout=300) == 0, clean.stdout.read().decode()[-2000:]
+    run_preprocess(str(videos), str(tmp_path / "clean"), videos_per_shard=1, concurrency=1)  # what the job runs
 
     out = tmp_path / "resumed"
-    killed = _run_job(videos, out)
+    killed = _run_job(videos, out, ray_local.address)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(out.glob("shards/*/rows.parquet"))) < 3:
         time.sleep(0.01)  # the shards of these small videos are written within about 0.2 s of each other
@@ -223,7 +216,7 @@ def test_resume_after_a_killed_run_equals_a_clean_run(tmp_path):
     assert 3 <= done_before < 10, "the run should have been killed part way"
     assert not (out / fs.MANIFEST_FILE).exists()
 
-    resumed = _run_job(videos, out)
+    resumed = _run_job(videos, out, ray_local.address)
     log = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, log[-2000:]
     assert f"{done_before} already stored" in log or f"{10 - done_before} to do" in log
@@ -258,7 +251,7 @@ def hostile_inputs(tmp_path_factory):
     return d
 
 
-def test_hostile_inputs_each_get_one_row_and_the_rest_is_stored(ray_cluster, hostile_inputs, tmp_path, capsys):
+def test_hostile_inputs_each_get_one_row_and_the_rest_is_stored(ray_local, hostile_inputs, tmp_path, capsys):
     out = tmp_path / "store"
     assert job.main(["--videos", str(hostile_inputs), "--output", str(out), "--videos-per-shard", "2"]) == 0
     rows = {r["video_id"]: r for r in fs.read_manifest(out).to_pylist()}

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ from safetensors.torch import load_file
 from clipbert.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
 from clipbert.data import load_annotations
 from clipbert.evaluation import evaluate
+from clipbert.ray_init import STATE_API_ENV
 from jobs import train as job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,71 +126,20 @@ def _check_final_metrics(final: dict, run_dir: Path, corpus) -> None:
 
 # ------------------------------------------------------------------------------------- ray job submit
 @pytest.fixture
-def ray_head(ray_env, free_port, state_api, tmp_path):
-    """`ray start --head --block` from the venv on free ports, with its own temp dir; stopped in teardown.
-
-    The head is stopped by signalling its own process group rather than with `ray stop`, which would stop every
-    Ray on the machine.
-    """
-    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {k: v for k, v in ray_env.items() if k != "RAY_ADDRESS"}
-    dashboard = free_port()
-    env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # stop at once on SIGTERM (no 30 s node drain)
-               **state_api(dashboard))
-    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
-             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
-           "--dashboard-host=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-           *(f"{k}={v}" for k, v in ports.items())]
-    log = open(tmp_path / "ray_head.log", "w")
-    head = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dashboard}"
-    try:
-        _wait_for(f"{url}/api/version", head, tmp_path / "ray_head.log")
-        yield url, env
-    finally:
-        _stop_group(head)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for(url: str, head: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            pytest.fail(f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"the Ray head did not serve {url} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to `ray start` (it drains the node and stops the processes it started), then SIGKILL to whatever
-    is left of its process group."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def job_server(ray_local):
+    """The URL of the session's local Ray dashboard, whose job server `ray job submit` sends jobs to, and the
+    environment for the `ray` CLI (the venv's, RAY_ADDRESS unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env[STATE_API_ENV], env
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_train_to_completion(ray_head, tiny_corpus, tmp_path):
-    url, env = ray_head
+def test_ray_job_submit_runs_train_to_completion(job_server, tiny_corpus, tmp_path):
+    url, env = job_server
     storage = tmp_path / "runs"
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",
-           "python", "jobs/train.py", *_args(tiny_corpus, storage, "--name", "submitted")]
+           sys.executable, "jobs/train.py", *_args(tiny_corpus, storage, "--name", "submitted")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

@@ -100,21 +100,22 @@ def _registered_checkpoints(run_dir: Path) -> int:
     return len(snapshot.get("checkpoint_results", []))
 
 
-def _launch(args: list[str], log: Path) -> subprocess.Popen:
+def _launch(args: list[str], log: Path, address: str) -> subprocess.Popen:
+    """jobs/tune.py in a process group of its own, joining the Ray at `address`."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, str(ROOT / "jobs" / "tune.py"), *args, "--num-cpus", "2"]
+    cmd = [sys.executable, str(ROOT / "jobs" / "tune.py"), *args, "--address", address]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_corpus, tmp_path):
+def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tiny_corpus, tmp_path):
     space = "optim.lr: {grid: [3.0e-4, 1.0e-4]}\n"
     args = _args(tiny_corpus, tmp_path, space, "--set", "optim.batch_size=2", "--set", "optim.num_epochs=1",
                  "--num-samples", "1", "--scheduler", "fifo")
     runs = tmp_path / "sweeps" / "s" / "runs"
-    killed = _launch(args, tmp_path / "killed.log")
+    killed = _launch(args, tmp_path / "killed.log", ray_local.address)
     deadline = time.time() + 300
     first = second = None
     while time.time() < deadline and killed.poll() is None:
@@ -132,7 +133,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_corpus, tmp
     first_checkpoints = sorted(p.name for p in first.glob("checkpoint_*"))
     first_final = json.loads((first / "final_metrics.json").read_text())
 
-    resumed = _launch(args, tmp_path / "resumed.log")
+    resumed = _launch(args, tmp_path / "resumed.log", ray_local.address)
     assert resumed.wait(timeout=400) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     # The finished trial trains no further (Tune may re-enter a trial that finished just before the kill and
     # before its state was saved: it then finds its last step done and only exports again, to the same result).
