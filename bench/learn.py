@@ -370,7 +370,7 @@ def event_clips(cfg: Any, split: str) -> tuple[Any, list[tuple[str, ...]]]:
 
     store, clips, labels = open_store(cfg.data.frame_store), [], []
     for video in (v for v in load_corpus(cfg.data.root).videos if v.split == split):
-        n = store.num_frames(video.video_id)
+        n = store.n_stored(video.video_id)
         for event, (a, b) in zip(video.events, ((0.15, 0.35), (0.65, 0.85))):
             clips.append(stored_frames(store, video.video_id, [int(a * n), int(b * n)], cfg.model.img_size))
             labels.append(event.key())
@@ -586,7 +586,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         sets += [f"optim.num_epochs={args.sparse_epochs}"]
     elif name == "scratch_dense":  # as many evaluations per schedule as the sparse mode (same steps per epoch)
         every = max(1, round(args.eval_every * args.dense_epochs / args.sparse_epochs))
-        sets += [f"sampling.dense_num_frames={max_stored_frames(root / 'frames')}", f"train.eval_every_steps={every}",
+        sets += [f"sampling.dense_frames={max_stored_frames(root / 'frames')}", f"train.eval_every_steps={every}",
                  f"train.log_every_steps={max(1, every // 5)}", f"optim.num_epochs={args.dense_epochs}"]
     elif name == "attribute_cnn":
         cnn, record["pretrain"] = attribute_cnn(workdir, args)

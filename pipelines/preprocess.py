@@ -82,11 +82,11 @@ class Summary:
     failures: list[tuple[str, str]]  # (video_id, reason) of this run's failures
 
     def lines(self) -> list[str]:
-        fps = self.frames / self.seconds if self.seconds else 0.0
+        per_s = self.frames / self.seconds if self.seconds else 0.0
         out = [
             f"videos: {self.videos_ok} ok, {self.videos_failed} failed, {self.videos_skipped} already done",
             f"frames stored: {self.frames} ({self.bytes / 1e6:.1f} MB) from {self.src_frames} decoded "
-            f"in {self.seconds:.1f} s: {fps:.0f} stored frames/s, {self.src_frames / max(self.seconds, 1e-9):.0f} "
+            f"in {self.seconds:.1f} s: {per_s:.0f} stored frames/s, {self.src_frames / max(self.seconds, 1e-9):.0f} "
             "decoded frames/s",
         ]
         out += [f"failed: {vid}: {reason}" for vid, reason in self.failures[:20]]
@@ -333,8 +333,8 @@ def _decode_fields(source: str, opts: StoreOptions) -> dict[str, Any]:
         logger.exception("unexpected error decoding %s", source)
         return {"error": f"unexpected {type(e).__name__}: {e}"}
     n = len(video.jpegs)
-    return dict(status="ok", error=video.warning, num_frames=n, fps=video.fps, src_fps=video.src_fps,
-                duration_s=n / video.fps, width=video.width, height=video.height, src_width=video.src_width,
+    return dict(status="ok", error=video.warning, num_frames=n, fps=video.stored_fps, src_fps=video.src_fps,
+                duration_s=n / video.stored_fps, width=video.width, height=video.height, src_width=video.src_width,
                 src_height=video.src_height, src_frames=video.src_frames,
                 bytes=sum(len(j) for j in video.jpegs), jpegs=video.jpegs)
 
@@ -387,7 +387,7 @@ def _check_options(root: str, options: StoreOptions) -> None:
     if not (Path(root) / fs.HEADER_FILE).exists():
         return
     header = fs.read_header(root)
-    wanted = dataclasses.asdict(options)
+    wanted = fs.options_header(options)
     diffs = [f"{k}: store has {header.get(k)}, asked {v}" for k, v in wanted.items() if header.get(k) != v]
     if diffs:
         raise ValueError(f"{root} was made with other options ({'; '.join(diffs)}): "
@@ -407,7 +407,7 @@ def run_preprocess(
     Args:
         videos: a directory, a glob, a list file or a list of paths (see ``list_videos``).
         output: the frame-store directory (created if missing).
-        options: stored fps, max side, JPEG quality; must match the store's header when resuming.
+        options: stored frame rate bound, max side, JPEG quality; must match the store's header when resuming.
         videos_per_shard: upper bound of videos per write task (= per LMDB shard).
         concurrency: maximum concurrent decode/write tasks (default: Ray decides from the free CPUs).
     """
