@@ -108,3 +108,9 @@ def test_options_are_validated():
         fs.StoreOptions(jpeg_quality=0)
     with pytest.raises(ValueError, match="fps"):
         fs.StoreOptions(max_fps=0)
+
+
+def test_header_keeps_its_fps_key(tmp_path):
+    fs.write_header(tmp_path, fs.StoreOptions(max_fps=2.0, max_side=320))
+    header = fs.read_header(tmp_path)
+    assert (header["fps"], header["max_side"], header["jpeg_quality"]) == (2.0, 320, 90) and "max_fps" not in header
