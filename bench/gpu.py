@@ -209,7 +209,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- training steps
 def random_batch(cfg: Config, b: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A training batch (clipbert.batches keys) of random pixels and tokens at the config's shapes."""
-    n, t, s = cfg.sampling.train_n_clips, cfg.sampling.num_frames, cfg.model.img_size
+    n, t, s = cfg.sampling.train_n_clips, cfg.sampling.frames_per_clip, cfg.model.img_size
     k, length = 1 + cfg.data.itm_neg_size, cfg.data.max_txt_len
     frames = torch.randint(0, 256, (b, n, t, 3, s, s), dtype=torch.uint8, device=device)  # (B, N, T, 3, S, S)
     ids = torch.randint(5, cfg.model.vocab_size, (b, k, length), device=device)  # (B, K, L)
@@ -443,7 +443,7 @@ def write_frame_store(root: Path, sizes: Sizes, rng: np.random.Generator) -> lis
     """A one-shard frame store of random-texture videos written in this process with clipbert.frames; their ids."""
     from clipbert import frames as fs
 
-    options = fs.StoreOptions(fps=sizes.store_fps, max_side=max(sizes.store_size))
+    options = fs.StoreOptions(max_fps=sizes.store_fps, max_side=max(sizes.store_size))
     (w, h), fps, ids = sizes.store_size, sizes.store_fps, [f"video{i:05d}" for i in range(sizes.store_videos)]
 
     def videos():
@@ -626,7 +626,7 @@ def part_data_path(ctx: Context, rows: list[dict[str, Any]], deadline: float) ->
 def random_clips(b: int, n: int, cfg: Config, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A load_clips-style batch of b videos x N random clips: {"video_id", "frames" (b, N, T, 3, S, S), "error"}."""
     s = cfg.model.img_size
-    frames = rng.integers(0, 256, (b, n, cfg.sampling.num_frames, 3, s, s), dtype=np.uint8)
+    frames = rng.integers(0, 256, (b, n, cfg.sampling.frames_per_clip, 3, s, s), dtype=np.uint8)
     return {"video_id": np.array([f"v{i}" for i in range(b)]), "frames": frames,
             "error": np.array([""] * b, dtype=object)}
 

@@ -354,7 +354,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
         sets += [f"optim.num_epochs={args.sparse_epochs}"]
     elif name == "scratch_dense":  # as many evaluations per schedule as the sparse mode (same steps per epoch)
         every = max(1, round(args.eval_every * args.dense_epochs / args.sparse_epochs))
-        sets += [f"sampling.dense_num_frames={max_stored_frames(root / 'frames')}", f"train.eval_every_steps={every}",
+        sets += [f"sampling.dense_frames={max_stored_frames(root / 'frames')}", f"train.eval_every_steps={every}",
                  f"train.log_every_steps={max(1, every // 5)}", f"optim.num_epochs={args.dense_epochs}"]
     elif name == "attribute_cnn":
         cnn, record["pretrain"] = attribute_cnn(workdir, args)

@@ -59,12 +59,12 @@ def original_clips(data: bytes, rng: np.random.Generator) -> list[np.ndarray]:
     clips = []
     for _ in range(N_CLIPS):
         container, stream = _open(data)
-        fps = float(stream.average_rate)
-        n_src = stream.frames or int(float(stream.duration * stream.time_base) * fps)
-        clip_size = T / CLIP_FPS * fps  # source frames in one clip
+        src_fps = float(stream.average_rate)
+        n_src = stream.frames or int(float(stream.duration * stream.time_base) * src_fps)
+        clip_size = T / CLIP_FPS * src_fps  # source frames in one clip
         start = rng.uniform(0, max(n_src - clip_size, 0))
         wanted = np.clip(np.linspace(start, start + clip_size - 1, T).astype(np.int64), 0, n_src - 1)
-        ticks = 1 / (fps * stream.time_base)  # pts per frame
+        ticks = 1 / (src_fps * stream.time_base)  # pts per frame
         start_pts, end_pts = int(wanted[0] * ticks), int(wanted[-1] * ticks)
         container.seek(max(start_pts - 1024, 0), stream=stream, backward=True, any_frame=False)
         frames = {}
@@ -83,10 +83,10 @@ def original_clips(data: bytes, rng: np.random.Generator) -> list[np.ndarray]:
 def dense_clips(data: bytes, rng: np.random.Generator) -> list[np.ndarray]:
     """Decode every frame once, then take N random clips from the decoded frames."""
     container, stream = _open(data)
-    fps = float(stream.average_rate)
+    src_fps = float(stream.average_rate)
     decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     container.close()
-    clip_size = T / CLIP_FPS * fps
+    clip_size = T / CLIP_FPS * src_fps
     clips = []
     for _ in range(N_CLIPS):
         start = rng.uniform(0, max(len(decoded) - clip_size, 0))
@@ -97,8 +97,9 @@ def dense_clips(data: bytes, rng: np.random.Generator) -> list[np.ndarray]:
 
 def store_clips(store: FrameStore, video_id: str, rng: np.random.Generator, min_side: int = 0) -> np.ndarray:
     """N sampled clips from the frame store: uint8 (N, T, H, W, 3)."""
-    n, fps = store.num_frames(video_id), store.fps(video_id)
-    clips = sample_clips(n, fps, n_clips=N_CLIPS, num_frames_per_clip=T, clip_fps=CLIP_FPS, mode="train", rng=rng)
+    n_stored, stored_fps = store.n_stored(video_id), store.stored_fps(video_id)
+    clips = sample_clips(n_stored, stored_fps, n_clips=N_CLIPS, frames_per_clip=T, clip_fps=CLIP_FPS, mode="train",
+                         rng=rng)
     frames = store.get(video_id, clips.frame_indices.reshape(-1), min_side=min_side)  # (N*T, H, W, 3)
     return frames.reshape(N_CLIPS, T, *frames.shape[1:])
 

@@ -67,7 +67,7 @@ def decode_kept_decord(path: str) -> tuple[int, int]:
 
     vr = decord.VideoReader(path, num_threads=1)
     n_src = len(vr)
-    keep, _, _ = timed_indices(vr.get_frame_timestamp(range(n_src))[:, 0], float(vr.get_avg_fps()), OPTIONS.fps)
+    keep, _, _ = timed_indices(vr.get_frame_timestamp(range(n_src))[:, 0], float(vr.get_avg_fps()), OPTIONS.max_fps)
     for i in range(0, len(keep), DECODE_CHUNK):
         vr.get_batch(keep[i : i + DECODE_CHUNK].tolist()).asnumpy()  # (t, H, W, 3) RGB
     return n_src, len(keep)
@@ -91,7 +91,8 @@ def decode_kept_pyav(path: str, frames: list | None = None) -> tuple[int, int]:
         ctx.thread_count = 1
         packets = [p for p in container.demux(stream) if p.size]
         pts = np.sort(np.array([p.pts for p in packets], np.int64))  # (n_src,) presentation order
-        keep, _, _ = timed_indices((pts - pts[0]) * float(stream.time_base), float(stream.average_rate), OPTIONS.fps)
+        times = (pts - pts[0]) * float(stream.time_base)  # (n_src,) seconds
+        keep, _, _ = timed_indices(times, float(stream.average_rate), OPTIONS.max_fps)
         kept_pts = set(pts[keep].tolist())
         stored = 0
         for packet in [*packets, None]:  # None flushes the decoder
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"ray.init {init_s:.1f} s (not counted); limit rows yield the stored frames: {same_frames}")
     s = result["store"]
     print_table(
-        f"Frame store (fps {OPTIONS.fps}, max side {OPTIONS.max_side}, JPEG q{OPTIONS.jpeg_quality})",
+        f"Frame store (fps {OPTIONS.max_fps}, max side {OPTIONS.max_side}, JPEG q{OPTIONS.jpeg_quality})",
         ["bytes/frame", "JPEG MB/video-min", "disk MB/video-min", "source MB/video-min"],
         [[s["bytes_per_frame"], s["jpeg_mb_per_video_minute"], s["disk_mb_per_video_minute"],
           s["source_mb_per_video_minute"]]],

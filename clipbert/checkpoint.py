@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipbert.config import Config, ModelConfig, config_from_dict, config_to_dict
+from clipbert.config_renames import translate_renamed_keys
 from clipbert.model import ClipBert
 
 logger = logging.getLogger(__name__)
@@ -293,11 +294,16 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     The stored bert_dir / resnet_dir / init_checkpoint are not re-read: the weights come from the file.
     """
     src = Path(directory)
-    cfg = config_from_dict(json.loads((src / CONFIG_NAME).read_text()))
+    cfg = saved_config((src / CONFIG_NAME).read_text())
     model_cfg = dataclasses.replace(cfg.model, bert_dir=None, resnet_dir=None, init_checkpoint=None)
     model = ClipBert(model_cfg)
     model.load_state_dict(load_file(str(src / WEIGHTS_NAME), device=str(map_location)))
     return model.to(map_location), cfg
+
+
+def saved_config(text: str | bytes) -> Config:
+    """The Config of a checkpoint's config.json text; keys saved under their earlier names are read as the new ones."""
+    return config_from_dict(translate_renamed_keys(json.loads(text)))
 
 
 def rerank_weight(directory: str | Path) -> float:
@@ -322,7 +328,7 @@ def read_checkpoint_config(directory: str | Path) -> Config:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (src / name).is_file():
             raise FileNotFoundError(f"not a checkpoint directory (no {name}): {src}")
-    return config_from_dict(json.loads((src / CONFIG_NAME).read_text()))
+    return saved_config((src / CONFIG_NAME).read_text())
 
 
 def check_retrieval_checkpoint(directory: str | Path) -> Config:
@@ -354,7 +360,7 @@ def checkpoint_problem(directory: str, extra_files: tuple[str, ...] = ()) -> str
     def read(name: str) -> bytes:
         return storage.read_bytes(storage.join(directory, name))
 
-    for name, check in [(CONFIG_NAME, lambda b: config_from_dict(json.loads(b))),
+    for name, check in [(CONFIG_NAME, saved_config),
                         (WEIGHTS_NAME, load_safetensors),
                         *[(n, lambda b: torch.load(io.BytesIO(b), map_location="cpu", weights_only=True))
                           for n in extra_files]]:

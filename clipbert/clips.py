@@ -2,7 +2,8 @@
 
 The one path from stored frames to the ``frames`` tensor the model takes, used by training batches, evaluation,
 the embedding pipeline and search alike. Pixel arithmetic follows the original: the longer side is resized to
-``img_size`` (bilinear, upscaling too), the rest zero-padded right/bottom.
+``img_size`` (bilinear, upscaling too), the rest zero-padded right/bottom. ``resize_size`` is also the size
+arithmetic of stored frames (pipelines/decode.py), which are never upscaled.
 """
 
 from __future__ import annotations
@@ -20,13 +21,30 @@ from clipbert.frames import FrameStore
 from clipbert.sampling import indices_for_config
 
 
-def resize_size(height: int, width: int, max_size: int) -> tuple[int, int]:
-    """The original's get_resize_size: longer side -> max_size, shorter side int-truncated (min 1)."""
+ROUNDINGS = ("truncate", "nearest")
+
+
+def resize_size(height: int, width: int, max_side: int, *, upscale: bool, rounding: str) -> tuple[int, int]:
+    """(height, width) of a frame resized so that its longer side is ``max_side``, each side at least 1 pixel.
+
+    Args:
+        height, width: the frame's size.
+        max_side: the longer side after resizing.
+        upscale: False keeps frames whose longer side is <= max_side as they are.
+        rounding: "truncate": the original's get_resize_size, shorter side ``int(max_side * short / long)``
+            (the model input); "nearest": both sides ``round(side * max_side / long)`` (stored frames).
+    """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    longer = max(height, width)
+    if not upscale and max_side >= longer:
+        return height, width
+    if rounding == "nearest":
+        scale = max_side / longer
+        return max(1, round(height * scale)), max(1, round(width * scale))
     if height >= width:
-        ratio = width * 1.0 / height
-        return max_size, max(1, int(max_size * ratio))
-    ratio = height * 1.0 / width
-    return max(1, int(max_size * ratio)), max_size
+        return max_side, max(1, int(max_side * (width * 1.0 / height)))
+    return max(1, int(max_side * (height * 1.0 / width))), max_side
 
 
 def resize_and_pad(frames: torch.Tensor, img_size: int, *, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -47,7 +65,7 @@ def resize_and_pad(frames: torch.Tensor, img_size: int, *, out_dtype: torch.dtyp
         raise ValueError(f"empty frame of size {height}x{width}")
     lead = frames.shape[:-3]
     x = frames.reshape(-1, 3, height, width).float()  # (M, 3, H, W)
-    new_h, new_w = resize_size(height, width, img_size)
+    new_h, new_w = resize_size(height, width, img_size, upscale=True, rounding="truncate")
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)  # (M, 3, h, w)
     x = F.pad(x, (0, img_size - new_w, 0, img_size - new_h))  # (M, 3, S, S), zeros right/bottom
@@ -84,7 +102,7 @@ def video_clips(store: FrameStore, video_id: str, cfg: Config, *, train: bool,
     sampling = cfg.sampling
     if n_clips is not None:
         sampling = _with_inference_clips(sampling, n_clips)
-    clips = indices_for_config(sampling, store.num_frames(video_id), store.fps(video_id), train=train, rng=rng)
+    clips = indices_for_config(sampling, store.n_stored(video_id), store.stored_fps(video_id), train=train, rng=rng)
     n, t = clips.frame_indices.shape
     x = stored_frames(store, video_id, clips.frame_indices.reshape(-1), cfg.model.img_size)  # (N*T, 3, S, S)
     return x.reshape(n, t, *x.shape[1:]).numpy()  # (N, T, 3, S, S)
@@ -93,7 +111,7 @@ def video_clips(store: FrameStore, video_id: str, cfg: Config, *, train: bool,
 def inference_indices(store: FrameStore, video_id: str, sampling: SamplingConfig, n_clips: int) -> np.ndarray:
     """Stored-frame indices of the N uniform inference clips of one video (what the index embedded): int64 (N, T)."""
     sampling = _with_inference_clips(sampling, n_clips)
-    return indices_for_config(sampling, store.num_frames(video_id), store.fps(video_id), train=False).frame_indices
+    return indices_for_config(sampling, store.n_stored(video_id), store.stored_fps(video_id), train=False).frame_indices
 
 
 def video_batch(video_ids: Sequence[str], cfg: Config, *, n_clips: int | None = None) -> np.ndarray:

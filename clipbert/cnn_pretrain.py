@@ -48,31 +48,31 @@ class ClipLabel:
     labels: tuple[int, ...]  # one class index per ATTRIBUTE_NAMES entry
 
 
-def event_store_ranges(video: dict, store_frames: int, store_fps: float) -> list[tuple[int, int]]:
+def event_store_ranges(video: dict, n_stored: int, stored_fps: float) -> list[tuple[int, int]]:
     """[lo, hi] (inclusive) stored-frame indices whose time lies inside each event, from corpus.json metadata.
 
     corpus.json gives event ranges in source frames at the video's own fps; the store resampled the video
-    to ``store_fps``. A stored frame i shows source time i / store_fps.
+    to ``stored_fps``. A stored frame i shows source time i / stored_fps.
     """
     ranges = []
     for start, end in video["event_frames"]:
-        lo = math.ceil(start / video["fps"] * store_fps)
-        hi = min(store_frames - 1, math.ceil(end / video["fps"] * store_fps) - 1)
+        lo = math.ceil(start / video["fps"] * stored_fps)
+        hi = min(n_stored - 1, math.ceil(end / video["fps"] * stored_fps) - 1)
         ranges.append((lo, hi))
     return ranges
 
 
-def sample_clip(video: dict, store_frames: int, store_fps: float, num_frames: int,
+def sample_clip(video: dict, n_stored: int, stored_fps: float, frames_per_clip: int,
                 rng: np.random.Generator) -> ClipLabel | None:
     """A random event of the video and T frames spread over a random 1-second window inside it (None if the
     event has no stored frame)."""
     event = int(rng.integers(len(video["events"])))
-    lo, hi = event_store_ranges(video, store_frames, store_fps)[event]
+    lo, hi = event_store_ranges(video, n_stored, stored_fps)[event]
     if hi < lo:
         return None
-    span = min(hi - lo + 1, max(1, round(store_fps)))  # frames in a 1-second window
+    span = min(hi - lo + 1, max(1, round(stored_fps)))  # frames in a 1-second window
     start = lo + int(rng.integers(hi - lo + 2 - span))
-    indices = np.linspace(start, start + span - 1, num_frames).round().astype(int)  # (T,)
+    indices = np.linspace(start, start + span - 1, frames_per_clip).round().astype(int)  # (T,)
     attrs = video["events"][event]
     labels = tuple(ATTRIBUTES[name].index(attrs[name]) for name in ATTRIBUTE_NAMES)
     return ClipLabel(video["video_id"], tuple(int(i) for i in indices), labels)
@@ -102,12 +102,12 @@ def _labels(clips: Sequence[ClipLabel]) -> torch.Tensor:
     return torch.tensor([c.labels for c in clips], dtype=torch.long)  # (B, n_attributes)
 
 
-def _draw(videos: Sequence[dict], store: FrameStore, n: int, num_frames: int,
+def _draw(videos: Sequence[dict], store: FrameStore, n: int, frames_per_clip: int,
           rng: np.random.Generator) -> list[ClipLabel]:
     clips: list[ClipLabel] = []
     while len(clips) < n:
         v = videos[int(rng.integers(len(videos)))]
-        clip = sample_clip(v, store.num_frames(v["video_id"]), store.fps(v["video_id"]), num_frames, rng)
+        clip = sample_clip(v, store.n_stored(v["video_id"]), store.stored_fps(v["video_id"]), frames_per_clip, rng)
         if clip is not None:
             clips.append(clip)
     return clips
@@ -144,7 +144,7 @@ def load_corpus_videos(corpus_dir: str | Path, store: FrameStore) -> dict[str, l
 
 def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Path, out_dir: str | Path, *,
                  minutes: float = 2.0, max_steps: int = 0, batch_size: int = 32, lr: float = 1e-3,
-                 num_frames: int = 2, seed: int = 0, eval_clips: int = 256, log_every: int = 50) -> dict:
+                 frames_per_clip: int = 2, seed: int = 0, eval_clips: int = 256, log_every: int = 50) -> dict:
     """Train AttributeClassifier on the corpus's train videos for `minutes` (or `max_steps` when > 0), then save
     its CNN to `out_dir`: ``model.safetensors`` (ClipBert key names, ``cnn.*``) and ``pretrain_metrics.json``.
 
@@ -157,12 +157,12 @@ def pretrain_cnn(cfg: ModelConfig, corpus_dir: str | Path, frame_store: str | Pa
     torch.manual_seed(seed)
     model = AttributeClassifier(cfg)
     held_out_split = "val" if videos.get("val") else "train"
-    held_out = _draw(videos[held_out_split], store, eval_clips, num_frames, np.random.default_rng(seed + 1))
+    held_out = _draw(videos[held_out_split], store, eval_clips, frames_per_clip, np.random.default_rng(seed + 1))
     eval_frames, eval_labels = _frames(store, held_out, cfg.img_size), _labels(held_out)
     before = accuracy(model, eval_frames, eval_labels)
 
     def batch_loss() -> torch.Tensor:
-        clips = _draw(videos["train"], store, batch_size, num_frames, rng)
+        clips = _draw(videos["train"], store, batch_size, frames_per_clip, rng)
         labels = _labels(clips)
         return sum(F.cross_entropy(lg, labels[:, k]) for k, lg in enumerate(model(_frames(store, clips, cfg.img_size))))
 

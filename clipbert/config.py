@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from clipbert.config_renames import RENAMED_KEYS, renamed_key_message
+
 logger = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -77,17 +79,17 @@ class ModelConfig:
 
 @dataclass
 class SamplingConfig:
-    """Sparse clip sampling: N clips of T frames spanning T/fps seconds (REFERENCE.md section 2)."""
+    """Sparse clip sampling: N clips of T frames spanning T/clip_fps seconds (REFERENCE.md section 2)."""
 
-    fps: float = 2.0  # clip frame rate: T frames span T / fps seconds
-    num_frames: int = 2  # T: frames per clip (mean-pooled after the CNN)
+    clip_fps: float = 2.0  # clip frame rate: T frames span T / clip_fps seconds
+    frames_per_clip: int = 2  # T: frames per clip (mean-pooled after the CNN)
     train_n_clips: int = 8  # N: random clips per video per training step
     train_spread: str = "random"  # training starts: "random" (independent, the original) or "segment" (one
     # uniform start per N-th of the video, so the clips cover it; TSN-style)
     inference_n_clips: int = 16  # N_test: uniform clips per video at inference (the paper: 1 or 16)
     inference_position: str = "middle"  # clip used when N_test=1: "middle" (retrieval) or "first" (QA)
-    strategy: str = "sparse"  # "sparse" (N clips of T frames) or "dense" (one clip of dense_num_frames, train+eval)
-    dense_num_frames: int = 16  # frames spread uniformly over the whole video in the "dense" strategy
+    strategy: str = "sparse"  # "sparse" (N clips of T frames) or "dense" (one clip of dense_frames, train+eval)
+    dense_frames: int = 16  # frames spread uniformly over the whole video in the "dense" strategy
 
 
 @dataclass
@@ -186,8 +188,11 @@ def all_keys() -> list[str]:
 
 
 def unknown_key_error(key: str) -> ValueError:
-    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.0)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
+    """The error for a key the schema lacks: a renamed key gets its new name, any other the nearest valid key."""
+    if renamed := renamed_key_message(key):
+        return ValueError(renamed)
+    near = difflib.get_close_matches(key, all_keys() + list(RENAMED_KEYS), n=1, cutoff=0.0)
+    hint = f"; did you mean {RENAMED_KEYS.get(near[0], near[0])!r}?" if near else ""
     return ValueError(f"unknown config key {key!r}{hint}")
 
 
@@ -365,7 +370,8 @@ def validate_config(cfg: Config) -> Config:
         (m.hidden_size % m.num_attention_heads == 0, "model.hidden_size must be a multiple of num_attention_heads"),
         (len(m.resnet_depths) == len(m.resnet_hidden_sizes), "model.resnet_depths/resnet_hidden_sizes lengths differ"),
         (0 < d.max_txt_len <= m.max_position_embeddings, "data.max_txt_len must be in [1, max_position_embeddings]"),
-        (s.fps > 0 and s.num_frames >= 1, "sampling.fps must be > 0 and sampling.num_frames >= 1"),
+        (s.clip_fps > 0 and s.frames_per_clip >= 1,
+         "sampling.clip_fps must be > 0 and sampling.frames_per_clip >= 1"),
         (s.train_n_clips >= 1 and s.inference_n_clips >= 1, "sampling clip counts must be >= 1"),
         (s.inference_position in ("middle", "first"), "sampling.inference_position must be 'middle' or 'first'"),
         (s.strategy in ("sparse", "dense"), "sampling.strategy must be 'sparse' or 'dense'"),

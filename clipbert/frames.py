@@ -9,7 +9,7 @@ Layout of a store directory::
 
 Inside a shard, frame ``i`` of ``video_id`` is the JPEG (4:2:0, RGB) under ``frame_key(video_id, i)``.
 Frames are decoded, resized (longer side <= ``max_side``, never upscaled) and subsampled to a stored frame rate
-(``min(fps, source fps)``) once, so sparse training reads only the frames it needs.
+(``min(max_fps, source fps)``) once, so sparse training reads only the frames it needs.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ MAX_KEY_BYTES = 500  # LMDB's key limit is 511 bytes; the frame suffix takes 7
 MAP_SIZE = 1 << 40  # virtual: LMDB only reserves address space
 MAX_MAP_SIZE = 1 << 44  # a shard whose map is full is grown by doubling up to this, then fails
 LOW_SPACE_BYTES = 1 << 20  # an LMDB write error with less free space than this (plus the write) is a full disk
+HEADER_KEYS = {"max_fps": "fps"}  # StoreOptions fields recorded in store.json under another key
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -52,8 +53,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("source", pa.string()),  # input path or URI
         ("status", pa.string()),  # "ok" | "failed"
         ("error", pa.string()),  # failure reason; on ok rows a warning (e.g. truncated file) or ""
-        ("num_frames", pa.int32()),  # stored frames
-        ("fps", pa.float32()),  # stored frame rate (frames per second)
+        ("num_frames", pa.int32()),  # stored frames (FrameStore.n_stored)
+        ("fps", pa.float32()),  # stored frame rate, frames per second (FrameStore.stored_fps)
         ("src_fps", pa.float32()),  # source frame rate
         ("duration_s", pa.float32()),  # stored duration: num_frames / fps
         ("width", pa.int32()),  # stored frame width (pixels)
@@ -69,15 +70,15 @@ MANIFEST_SCHEMA = pa.schema(
 
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
-    """Preprocessing options recorded in the store header."""
+    """Preprocessing options recorded in the store header (``max_fps`` under the header key "fps")."""
 
-    fps: float = 4.0  # stored frames per second (upper bound; low-fps sources keep their rate)
+    max_fps: float = 4.0  # stored frames per second, an upper bound: slower sources keep their own rate
     max_side: int = 448  # longer side of stored frames in pixels (never upscaled)
     jpeg_quality: int = 90  # libjpeg quality of stored frames, 4:2:0 chroma
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.max_fps <= 0:
+            raise ValueError(f"max_fps must be > 0, got {self.max_fps}")
         if self.max_side < 16:
             raise ValueError(f"max_side must be >= 16 pixels, got {self.max_side}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -113,9 +114,14 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     )
 
 
+def options_header(options: StoreOptions) -> dict:
+    """The options as the store header records them: field names, but "fps" for ``max_fps``."""
+    return {HEADER_KEYS.get(k, k): v for k, v in dataclasses.asdict(options).items()}
+
+
 def write_header(root: str | Path, options: StoreOptions) -> None:
     """Write the store header (format version and options)."""
-    header = {"format_version": FORMAT_VERSION, **dataclasses.asdict(options)}
+    header = {"format_version": FORMAT_VERSION, **options_header(options)}
     storage.write_bytes(str(Path(root) / HEADER_FILE), json.dumps(header, indent=2).encode())
 
 
@@ -190,6 +196,12 @@ def ok_row(video_id: str, source: str, jpegs: Sequence[bytes], *, fps: float, wi
     return dict(video_id=video_id, source=source, status="ok", error=warning, num_frames=len(jpegs), fps=fps,
                 src_fps=src_fps, duration_s=len(jpegs) / fps, width=width, height=height, src_width=src_width,
                 src_height=src_height, src_frames=src_frames, bytes=sum(len(j) for j in jpegs))
+
+
+def failed_row(video_id: str, source: str, error: str) -> dict:
+    """The manifest row (without its shard) of a video that was not stored, and why."""
+    return dict(video_id=video_id, source=source, status="failed", error=error, num_frames=0, fps=0.0, src_fps=0.0,
+                duration_s=0.0, width=0, height=0, src_width=0, src_height=0, src_frames=0, bytes=0)
 
 
 def write_shard(root: str | Path, shard: str, videos: Iterable[tuple[dict, Sequence[bytes]]],
@@ -312,7 +324,7 @@ class FrameStore:
 
     @property
     def index(self) -> dict[str, tuple[str, int, float]]:
-        """video_id -> (shard, num_frames, stored fps) for every ok video."""
+        """video_id -> (shard, n_stored, stored_fps) for every ok video."""
         if self._index is None:
             manifest = read_manifest(self.root)
             table = manifest.filter(pc.equal(manifest["status"], "ok"))
@@ -342,11 +354,11 @@ class FrameStore:
         except KeyError:
             raise KeyError(f"video {video_id!r} is not in frame store {self.root} (or failed preprocessing)") from None
 
-    def num_frames(self, video_id: str) -> int:
+    def n_stored(self, video_id: str) -> int:
         """Number of stored frames of a video."""
         return self._entry(video_id)[1]
 
-    def fps(self, video_id: str) -> float:
+    def stored_fps(self, video_id: str) -> float:
         """Stored frame rate of a video (frames per second)."""
         return self._entry(video_id)[2]
 

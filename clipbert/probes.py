@@ -33,7 +33,7 @@ def event_clips(cfg: Config, split: str) -> EventClips:
     clip's (colour, shape, direction). An event fills half of its video, so its frames are at 15-35% or 65-85%."""
     store, clips, labels = open_store(cfg.data.frame_store), [], []
     for video in (v for v in load_corpus(cfg.data.root).videos if v.split == split):
-        n = store.num_frames(video.video_id)
+        n = store.n_stored(video.video_id)
         for event, (a, b) in zip(video.events, ((0.15, 0.35), (0.65, 0.85))):
             clips.append(stored_frames(store, video.video_id, [int(a * n), int(b * n)], cfg.model.img_size))
             labels.append(event.key())

@@ -168,7 +168,7 @@ class SearchService:
     @app.get("/frames/{video_id:path}/{index}.jpg")
     async def frame(self, video_id: str, index: str) -> Response:
         video_id = check_video_id(video_id, self.store)
-        n = self.store.num_frames(video_id)
+        n = self.store.n_stored(video_id)
         i = check_int(f"frame index of {video_id[:100]!r}", index, 0, n - 1, status=404)
         data = self.store.get_jpeg(video_id, [i])[0]
         return Response(content=data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from clipbert.checkpoint import CONFIG_NAME
+from clipbert.config_renames import translate_renamed_keys
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def export_best(path: Path, best: TrialRecord, metric: str) -> None:
     source = Path(best.final["exported"])
     shutil.rmtree(path / "best", ignore_errors=True)
     shutil.copytree(source, path / "best")
-    config = json.loads((source / CONFIG_NAME).read_text())
+    config = translate_renamed_keys(json.loads((source / CONFIG_NAME).read_text()))
     val = best.final["val"].get(metric)
     test = best.test(metric)
     header = (f"# Best trial {best.trial_id} of the sweep in {path}: validation {metric} {val:.4g} at step "

@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", required=True, help="directory, glob, list file (one path per line)")
     p.add_argument("--output", required=True, help="frame-store directory")
-    p.add_argument("--fps", type=float, default=StoreOptions.fps, help="stored frames per second")
+    p.add_argument("--fps", type=float, default=StoreOptions.max_fps, help="stored frames per second")
     p.add_argument("--max-side", type=int, default=StoreOptions.max_side, help="longer side of stored frames")
     p.add_argument("--jpeg-quality", type=int, default=StoreOptions.jpeg_quality)
     p.add_argument("--videos-per-shard", type=int, default=16, help="videos per write task / LMDB shard")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from clipbert.ray_init import init_ray
     from pipelines.preprocess import run_preprocess
 
-    options = StoreOptions(fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
+    options = StoreOptions(max_fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
     init_ray(args.address, args.num_cpus, log_to_driver=False)
     summary = run_preprocess(args.videos, args.output, options, videos_per_shard=args.videos_per_shard,
                              concurrency=args.concurrency)  # a storage error (a full disk) names its path: exit 1

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipbert.clips import resize_size
 from clipbert.frames import StoreOptions, encode_jpeg
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class DecodedVideo:
     """A video's stored frames and metadata (one manifest row's worth)."""
 
     jpegs: list[bytes]  # stored frames, JPEG
-    fps: float  # stored frame rate
+    stored_fps: float  # stored frame rate
     src_fps: float  # source frame rate
     src_frames: int  # source frames decoded
     width: int  # stored width
@@ -45,22 +46,14 @@ class DecodeError(Exception):
     """A video that neither decoder could read; the message is the manifest's failure reason."""
 
 
-def stored_indices(n_src: int, src_fps: float, fps: float) -> np.ndarray:
-    """Source-frame indices kept when subsampling ``n_src`` frames at ``src_fps`` to ``min(fps, src_fps)``.
+def stored_indices(n_src: int, src_fps: float, max_fps: float) -> np.ndarray:
+    """Source-frame indices kept when subsampling ``n_src`` frames at ``src_fps`` to ``min(max_fps, src_fps)``.
 
     Stored frame k shows the source frame nearest to time k / stored_fps; at least one frame is kept.
     """
-    stored_fps = min(fps, src_fps)
+    stored_fps = min(max_fps, src_fps)
     n_stored = int(np.floor((n_src - 1) * stored_fps / src_fps + 1e-6)) + 1
     return np.minimum(np.rint(np.arange(n_stored) * src_fps / stored_fps).astype(np.int64), n_src - 1)
-
-
-def resized_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(width, height) with the longer side scaled down to ``max_side``; never upscales."""
-    scale = max_side / max(width, height)
-    if scale >= 1:
-        return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def resize_frame(frame: np.ndarray, max_side: int) -> np.ndarray:
@@ -70,12 +63,12 @@ def resize_frame(frame: np.ndarray, max_side: int) -> np.ndarray:
     no antialiasing), on uint8 so it stays cheap (about 1 ms for 640x360 -> 448x252 on one core).
     """
     h, w = frame.shape[:2]
-    size = resized_size(w, h, max_side)
-    if size == (w, h):
+    size = resize_size(h, w, max_side, upscale=False, rounding="nearest")  # (h', w')
+    if size == (h, w):
         return frame
     x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]  # (1, 3, H, W)
-    y = F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False)  # (1, 3, h, w)
-    return y[0].permute(1, 2, 0).contiguous().numpy()  # (h, w, 3)
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (1, 3, h', w')
+    return y[0].permute(1, 2, 0).contiguous().numpy()  # (h', w', 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +139,7 @@ def decode_still(source: str | bytes, options: StoreOptions) -> DecodedVideo:
             rgb = np.array(ImageOps.exif_transpose(image).convert("RGB"))  # (H, W, 3), writable
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"not a readable image: {_short(e)}") from None
-    return _encode_frames(iter([rgb]), options.fps, options.fps, 1, options)
+    return _encode_frames(iter([rgb]), options.max_fps, options.max_fps, 1, options)
 
 
 def probe(source: str | bytes) -> Probe | None:
@@ -181,7 +174,7 @@ def frames_per_call(probe: Probe | None) -> int:
     return int(np.clip(DECODE_BUDGET_BYTES // (probe.width * probe.height * 3), 1, DECODE_CHUNK))
 
 
-def timed_indices(times: np.ndarray, avg_fps: float, fps: float) -> tuple[np.ndarray, float, float]:
+def timed_indices(times: np.ndarray, avg_fps: float, max_fps: float) -> tuple[np.ndarray, float, float]:
     """(source frames kept, source rate, stored rate) of frames presented at ``times`` (seconds).
 
     Evenly spaced frames (the usual case) keep ``stored_indices`` at the container's ``avg_fps``. Otherwise (a
@@ -192,8 +185,8 @@ def timed_indices(times: np.ndarray, avg_fps: float, fps: float) -> tuple[np.nda
     span = float(times[-1] - times[0]) if n else 0.0
     src_fps = (n - 1) / span if span > 0 else 0.0
     if n < 3 or not src_fps > 0 or np.all(np.abs(np.diff(times) * src_fps - 1) < 0.25):
-        return stored_indices(n, avg_fps, fps), avg_fps, min(fps, avg_fps)
-    stored_fps = min(fps, src_fps)
+        return stored_indices(n, avg_fps, max_fps), avg_fps, min(max_fps, avg_fps)
+    stored_fps = min(max_fps, src_fps)
     targets = times[0] + np.arange(int(np.floor(span * stored_fps + 1e-6)) + 1) / stored_fps  # (n_stored,)
     after = np.clip(np.searchsorted(times, targets), 1, n - 1)  # first frame at or after each target
     nearer_before = targets - times[after - 1] <= times[after] - targets
@@ -207,7 +200,7 @@ def _decode_decord(source: str | bytes, options: StoreOptions, info: Probe | Non
     n_src, avg_fps = len(vr), float(vr.get_avg_fps())
     if n_src == 0 or not avg_fps > 0:
         raise DecodeError(f"no frames or no frame rate (frames={n_src}, fps={avg_fps})")
-    keep, src_fps, stored_fps = timed_indices(vr.get_frame_timestamp(range(n_src))[:, 0], avg_fps, options.fps)
+    keep, src_fps, stored_fps = timed_indices(vr.get_frame_timestamp(range(n_src))[:, 0], avg_fps, options.max_fps)
     chunk = frames_per_call(info)
 
     def frames() -> Iterator[np.ndarray]:
@@ -243,7 +236,7 @@ def _decode_pyav(source: str | bytes, options: StoreOptions, rotation: int = 0) 
         src_fps = float(stream.average_rate or stream.guessed_rate or 0)
         if not src_fps > 0:
             raise DecodeError("no frame rate in the container")
-        stored_fps = min(options.fps, src_fps)
+        stored_fps = min(options.max_fps, src_fps)
         state = {"decoded": 0, "error": None}
 
         def timed() -> Iterator[tuple[float, av.VideoFrame]]:
@@ -283,7 +276,7 @@ def _encode_frames(
     if not jpegs:
         raise DecodeError("no decodable frames")
     return DecodedVideo(
-        jpegs=jpegs, fps=stored_fps, src_fps=src_fps, src_frames=n_src, width=size[0], height=size[1],
+        jpegs=jpegs, stored_fps=stored_fps, src_fps=src_fps, src_frames=n_src, width=size[0], height=size[1],
         src_width=src_size[0], src_height=src_size[1],
     )
 

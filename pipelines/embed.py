@@ -67,7 +67,7 @@ def load_clips(batch: dict[str, Any], *, cfg: dict, n_clips: int) -> dict[str, A
 
     c = config_from_dict(cfg)
     store = open_store(c.data.frame_store)
-    shape = (n_clips, c.sampling.num_frames, 3, c.model.img_size, c.model.img_size)
+    shape = (n_clips, c.sampling.frames_per_clip, 3, c.model.img_size, c.model.img_size)
     frames, errors = np.zeros((len(batch["video_id"]), *shape), np.uint8), []
     for i, vid in enumerate(batch["video_id"]):
         try:
@@ -170,8 +170,9 @@ def _columns(block: pa.Table) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- driver
 def _header(checkpoint: str, frame_store: str, cfg: Config, n_clips: int) -> dict[str, Any]:
     return {"checkpoint": os.path.abspath(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
-            "frame_store": os.path.abspath(frame_store), "n_clips": n_clips, "num_frames": cfg.sampling.num_frames,
-            "clip_fps": cfg.sampling.fps, "img_size": cfg.model.img_size, "embed_dim": cfg.model.embed_dim}
+            "frame_store": os.path.abspath(frame_store), "n_clips": n_clips,
+            "num_frames": cfg.sampling.frames_per_clip,  # T, frames per clip (the key embedding directories carry)
+            "clip_fps": cfg.sampling.clip_fps, "img_size": cfg.model.img_size, "embed_dim": cfg.model.embed_dim}
 
 
 def _check_header(out: Path, header: dict[str, Any]) -> None:

@@ -81,11 +81,11 @@ class Summary:
     failures: list[tuple[str, str]]  # (video_id, reason) of this run's failures
 
     def lines(self) -> list[str]:
-        fps = self.frames / self.seconds if self.seconds else 0.0
+        per_s = self.frames / self.seconds if self.seconds else 0.0
         out = [
             f"videos: {self.videos_ok} ok, {self.videos_failed} failed, {self.videos_skipped} already done",
             f"frames stored: {self.frames} ({self.bytes / 1e6:.1f} MB) from {self.src_frames} decoded "
-            f"in {self.seconds:.1f} s: {fps:.0f} stored frames/s, {self.src_frames / max(self.seconds, 1e-9):.0f} "
+            f"in {self.seconds:.1f} s: {per_s:.0f} stored frames/s, {self.src_frames / max(self.seconds, 1e-9):.0f} "
             "decoded frames/s",
         ]
         out += [f"failed: {vid}: {reason}" for vid, reason in self.failures[:20]]
@@ -304,10 +304,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, options: dict, store: str | No
 
 def _decode_row(video_id: str, source: str, opts: StoreOptions, error: str = "",
                 journal: DecodeJournal | None = None, fault: dict | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"video_id": video_id, "source": source, "status": "failed", "error": "",
-                           "num_frames": 0, "fps": 0.0, "src_fps": 0.0, "duration_s": 0.0, "width": 0,
-                           "height": 0, "src_width": 0, "src_height": 0, "src_frames": 0, "bytes": 0, "jpegs": []}
-    row["error"] = error or _input_problem(video_id, source)
+    row: dict[str, Any] = {**fs.failed_row(video_id, source, error or _input_problem(video_id, source)), "jpegs": []}
     if row["error"]:
         return row
     deaths = journal.begin(video_id) if journal else 0
@@ -316,14 +313,14 @@ def _decode_row(video_id: str, source: str, opts: StoreOptions, error: str = "",
                         "memory): not tried again")
     else:
         faults.die_at(fault, video_id)
-        row.update(_decode_fields(source, opts))
+        row.update(_decode_fields(video_id, source, opts))
     if journal:
         journal.end(video_id)
     return row
 
 
-def _decode_fields(source: str, opts: StoreOptions) -> dict[str, Any]:
-    """The manifest fields of one decoded video (status ok) or of its failure, with its JPEG frames."""
+def _decode_fields(video_id: str, source: str, opts: StoreOptions) -> dict[str, Any]:
+    """The manifest fields of one decoded video (status ok), with its JPEG frames, or its failure reason."""
     try:
         video = decode_video(read_source(source), opts)
     except DecodeError as e:
@@ -331,11 +328,10 @@ def _decode_fields(source: str, opts: StoreOptions) -> dict[str, Any]:
     except Exception as e:  # a decoder bug must not take the whole shard down
         logger.exception("unexpected error decoding %s", source)
         return {"error": f"unexpected {type(e).__name__}: {e}"}
-    n = len(video.jpegs)
-    return dict(status="ok", error=video.warning, num_frames=n, fps=video.fps, src_fps=video.src_fps,
-                duration_s=n / video.fps, width=video.width, height=video.height, src_width=video.src_width,
-                src_height=video.src_height, src_frames=video.src_frames,
-                bytes=sum(len(j) for j in video.jpegs), jpegs=video.jpegs)
+    row = fs.ok_row(video_id, source, video.jpegs, fps=video.stored_fps, width=video.width, height=video.height,
+                    src_fps=video.src_fps, src_width=video.src_width, src_height=video.src_height,
+                    src_frames=video.src_frames, warning=video.warning)
+    return {**row, "jpegs": video.jpegs}
 
 
 class FrameStoreSink(Datasink):
@@ -374,7 +370,7 @@ def _check_options(root: str, options: StoreOptions) -> None:
     if not (Path(root) / fs.HEADER_FILE).exists():
         return
     header = fs.read_header(root)
-    wanted = dataclasses.asdict(options)
+    wanted = fs.options_header(options)
     diffs = [f"{k}: store has {header.get(k)}, asked {v}" for k, v in wanted.items() if header.get(k) != v]
     if diffs:
         raise ValueError(f"{root} was made with other options ({'; '.join(diffs)}): "
@@ -405,7 +401,7 @@ def run_preprocess(
     Args:
         videos: a directory, a glob, a list file or a list of paths (see ``list_videos``).
         output: the frame-store directory (created if missing).
-        options: stored fps, max side, JPEG quality; must match the store's header when resuming.
+        options: stored frame rate bound, max side, JPEG quality; must match the store's header when resuming.
         videos_per_shard: upper bound of videos per write task (= per LMDB shard).
         concurrency: maximum concurrent decode/write tasks (default: Ray decides from the free CPUs).
     """

@@ -104,7 +104,7 @@ def corrupt_frames(store: Path, video_id: str) -> None:
 
     env = lmdb.open(str(fs.shard_dirs(store)[0]), subdir=True)
     with env.begin(write=True) as txn:
-        for i in range(fs.FrameStore(store).num_frames(video_id)):
+        for i in range(fs.FrameStore(store).n_stored(video_id)):
             txn.put(fs.frame_key(video_id, i), b"not a jpeg")
     env.close()
 
@@ -118,7 +118,7 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     root = tmp_path_factory.mktemp("tiny_corpus")
     info = synthesize_corpus(root, n_videos=28, seed=7, val_videos=4, test_videos=4, min_duration=2.0,
                              max_duration=3.0, sizes=[(160, 120)], fps_choices=[10])
-    build_frame_store(root / "videos", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    build_frame_store(root / "videos", root / "frames", fs.StoreOptions(max_fps=4.0, max_side=160))
     return TinyCorpus(root, *(tuple(info.splits[s]) for s in ("train", "val", "test")))
 
 
@@ -130,7 +130,7 @@ def tiny_stills(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_stills")
     synthesize_images(root, n_images=40, val_images=8, seed=3)
-    build_frame_store(root / "images", root / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    build_frame_store(root / "images", root / "frames", fs.StoreOptions(max_fps=4.0, max_side=160))
     return root
 
 

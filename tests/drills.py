@@ -20,7 +20,7 @@ from ray.train import UserCallback
 
 from clipbert import frames as fs
 
-STORE_OPTIONS = fs.StoreOptions(fps=4.0, max_side=64)
+STORE_OPTIONS = fs.StoreOptions(max_fps=4.0, max_side=64)
 
 
 def write_videos(directory: Path, n: int, frames: int = 12, size: tuple[int, int] = (48, 64)) -> Path:
@@ -48,7 +48,7 @@ def store_contents(root: Path) -> tuple[list[dict], dict[str, list[bytes]]]:
     """(manifest rows without the shard column, every stored JPEG by video): equal for equal stores."""
     manifest = fs.read_manifest(root).drop(["shard"]).to_pylist()
     reader = fs.FrameStore(root)
-    return manifest, {v: reader.get_jpeg(v, range(reader.num_frames(v))) for v in reader.ids()}
+    return manifest, {v: reader.get_jpeg(v, range(reader.n_stored(v))) for v in reader.ids()}
 
 
 def complete_shard_ids(root: Path) -> list[str]:

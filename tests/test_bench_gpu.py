@@ -66,7 +66,7 @@ def test_smoke_runs_every_part_and_records_each_row(smoke):
 @pytest.mark.slow
 def test_smoke_measures_the_training_shapes_and_a_real_ray_train_run(smoke):
     cfg = gpu.load_config(gpu.SMOKE.preset, list(gpu.SMOKE.overrides))
-    b, n, t, s = cfg.optim.batch_size, cfg.sampling.train_n_clips, cfg.sampling.num_frames, cfg.model.img_size
+    b, n, t, s = cfg.optim.batch_size, cfg.sampling.train_n_clips, cfg.sampling.frames_per_clip, cfg.model.img_size
     data = _rows(smoke, "data_path")
     stage = data["Ray Data clip stage (make_batch)"]
     assert stage["status"] == "ok" and stage["shape"] == f"{b}x{n}x{t}x3x{s}x{s}"  # make_batch's (B, N, T, 3, S, S)

@@ -9,9 +9,11 @@ from transformers import BertForPreTraining, ResNetForImageClassification
 
 from clipbert.checkpoint import (
     build_model,
+    checkpoint_problem,
     import_original_checkpoint,
     load_checkpoint,
     map_original_key,
+    read_checkpoint_config,
     save_checkpoint,
 )
 from clipbert.config import Config, ModelConfig, load_config
@@ -230,6 +232,23 @@ def test_safetensors_round_trip_is_exact(tmp_path):
     ids, mask = torch.randint(5, 50, (1, 1, 6)), torch.ones(1, 1, 6, dtype=torch.long)
     with torch.no_grad():
         assert torch.equal(model.eval()(frames, ids, mask), loaded.eval()(frames, ids, mask))
+
+
+def test_checkpoint_saved_with_earlier_sampling_key_names_still_loads(tmp_path):
+    import json
+
+    cfg = Config(model=micro_cfg())
+    cfg.sampling.clip_fps, cfg.sampling.frames_per_clip, cfg.sampling.dense_frames = 1.0, 3, 5
+    save_checkpoint(ClipBert(cfg.model), cfg, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    saved = json.loads(path.read_text())
+    sampling = saved["sampling"]
+    for old, new in [("fps", "clip_fps"), ("num_frames", "frames_per_clip"), ("dense_num_frames", "dense_frames")]:
+        sampling[old] = sampling.pop(new)
+    path.write_text(json.dumps(saved))
+    assert load_checkpoint(tmp_path / "ckpt")[1] == cfg
+    assert read_checkpoint_config(tmp_path / "ckpt") == cfg
+    assert checkpoint_problem(str(tmp_path / "ckpt")) is None
 
 
 def test_build_model_from_pretrained_dirs_and_checkpoint(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipbert.clips import open_store, resize_and_pad, video_batch, video_clips
+from clipbert.clips import open_store, resize_and_pad, resize_size, video_batch, video_clips
 
 
 def test_resize_and_pad_landscape_and_portrait():
@@ -19,6 +19,25 @@ def test_resize_and_pad_landscape_and_portrait():
     # short side int(64 * 33/100) = int(21.12) = 21, padded on the right
     torch.testing.assert_close(portrait[:, :, :21], torch.full((3, 64, 21), 200.0))
     assert (portrait[:, :, 21:] == 0).all()
+
+
+@pytest.mark.parametrize("size, max_side, want", [
+    ((360, 640), 448, (252, 448)),
+    ((640, 360), 448, (448, 252)),
+    ((240, 320), 448, (240, 320)),  # never upscaled
+    ((3, 1000), 100, (1, 100)),  # never zero
+])
+def test_resize_size_of_stored_frames(size, max_side, want):
+    assert resize_size(*size, max_side, upscale=False, rounding="nearest") == want
+
+
+def test_resize_size_roundings():
+    assert resize_size(100, 33, 64, upscale=True, rounding="truncate") == (64, 21)  # int(21.12), as resize_and_pad
+    assert resize_size(3, 2, 64, upscale=True, rounding="truncate") == (64, 42)  # int(42.67)
+    assert resize_size(3, 2, 64, upscale=True, rounding="nearest") == (64, 43)
+    assert resize_size(3, 2, 64, upscale=False, rounding="truncate") == (3, 2)
+    with pytest.raises(ValueError, match="rounding"):
+        resize_size(3, 2, 64, upscale=True, rounding="floor")
 
 
 def test_resize_upscales_and_handles_leading_dims():
@@ -37,7 +56,7 @@ def test_video_clips_are_the_uniform_inference_clips(tiny_corpus):
     store = open_store(cfg.data.frame_store)
     vid = tiny_corpus.val_ids[0]
     clips = video_clips(store, vid, cfg, train=False)
-    n, t, s = cfg.sampling.inference_n_clips, cfg.sampling.num_frames, cfg.model.img_size
+    n, t, s = cfg.sampling.inference_n_clips, cfg.sampling.frames_per_clip, cfg.model.img_size
     assert clips.shape == (n, t, 3, s, s) and clips.dtype == np.uint8
     again = video_batch([vid, vid], cfg)
     assert again.shape == (2, n, t, 3, s, s)

@@ -22,8 +22,8 @@ VIDEO = {"video_id": "v", "fps": 30, "event_frames": [[0, 111], [111, 223]],
 
 def test_event_ranges_map_source_frames_to_stored_frames():
     # stored at 4 fps: frame 14 shows t = 3.5 s (source frame 105 < 111), frame 15 t = 3.75 s (source 112.5)
-    assert event_store_ranges(VIDEO, store_frames=30, store_fps=4.0) == [(0, 14), (15, 29)]
-    assert event_store_ranges(VIDEO, store_frames=28, store_fps=4.0)[1] == (15, 27)  # clipped to the store
+    assert event_store_ranges(VIDEO, n_stored=30, stored_fps=4.0) == [(0, 14), (15, 29)]
+    assert event_store_ranges(VIDEO, n_stored=28, stored_fps=4.0)[1] == (15, 27)  # clipped to the store
 
 
 def test_sampled_clips_stay_inside_their_event_and_carry_its_labels():
@@ -31,7 +31,7 @@ def test_sampled_clips_stay_inside_their_event_and_carry_its_labels():
     ranges = event_store_ranges(VIDEO, 30, 4.0)
     seen = set()
     for _ in range(200):
-        clip = sample_clip(VIDEO, 30, 4.0, num_frames=2, rng=rng)
+        clip = sample_clip(VIDEO, 30, 4.0, frames_per_clip=2, rng=rng)
         event = 0 if clip.labels == tuple(ATTRIBUTES[n].index(VIDEO["events"][0][n]) for n in ATTRIBUTE_NAMES) else 1
         lo, hi = ranges[event]
         assert lo <= min(clip.frame_indices) <= max(clip.frame_indices) <= hi
@@ -44,7 +44,7 @@ def test_sampled_clips_stay_inside_their_event_and_carry_its_labels():
 
 def test_an_event_without_stored_frames_gives_no_clip():
     short = {**VIDEO, "event_frames": [[0, 1], [1, 2]]}  # 2 source frames: nothing stored inside event 0 at 4 fps
-    assert event_store_ranges(short, store_frames=1, store_fps=4.0)[1] == (1, 0)
+    assert event_store_ranges(short, n_stored=1, stored_fps=4.0)[1] == (1, 0)
     clips = [sample_clip(short, 1, 4.0, 2, np.random.default_rng(s)) for s in range(20)]
     assert None in clips
 

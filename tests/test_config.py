@@ -14,6 +14,7 @@ from clipbert.config import (
     load_config,
     parse_override,
 )
+from clipbert.config_renames import translate_renamed_keys
 
 PAPER_PRESETS = ["msrvtt_ret", "didemo_ret", "anet_ret", "msrvtt_qa", "msrvtt_mc", "tgif_action",
                  "tgif_transition", "tgif_frameqa"]
@@ -27,7 +28,7 @@ def test_all_presets_listed_and_load():
     assert not any(n.startswith("_") for n in names)
 
 
-# REFERENCE.md section 4.1: (txt_len, img, fps, T, N_train, agg, bs, accum, epochs, lr)
+# REFERENCE.md section 4.1: (txt_len, img, clip fps, T, N_train, agg, bs, accum, epochs, lr)
 TABLE = {
     "msrvtt_ret": (20, 448, 2, 2, 8, "lse", 16, 1, 20, 5e-5),
     "didemo_ret": (100, 448, 2, 2, 8, "lse", 8, 4, 20, 5e-5),
@@ -42,7 +43,7 @@ TABLE = {
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_presets_match_original_configs(name):
     c = load_config(name)
-    got = (c.data.max_txt_len, c.model.img_size, c.sampling.fps, c.sampling.num_frames, c.sampling.train_n_clips,
+    got = (c.data.max_txt_len, c.model.img_size, c.sampling.clip_fps, c.sampling.frames_per_clip, c.sampling.train_n_clips,
            c.model.consensus, c.optim.batch_size, c.optim.grad_accum_steps, c.optim.num_epochs, c.optim.lr)
     assert got == TABLE[name]
     assert c.optim.betas == (0.9, 0.98) and c.optim.weight_decay == 1e-3 and c.optim.cnn_lr == c.optim.lr
@@ -68,8 +69,8 @@ def test_tiny_presets_are_small():
 
 def test_overrides_parse_types():
     c = load_config("tiny_ret", ["optim.lr=1e-4", "model.resnet_depths=[2, 2, 2]", "data.tokenizer=/some/dir",
-                                 "train.use_gpu=True", "sampling.fps=3", "model.bert_dir=None"])
-    assert c.optim.lr == 1e-4 and isinstance(c.sampling.fps, float) and c.sampling.fps == 3.0
+                                 "train.use_gpu=True", "sampling.clip_fps=3", "model.bert_dir=None"])
+    assert c.optim.lr == 1e-4 and isinstance(c.sampling.clip_fps, float) and c.sampling.clip_fps == 3.0
     assert c.model.resnet_depths == (2, 2, 2) and c.data.tokenizer == "/some/dir" and c.train.use_gpu is True
     assert c.model.bert_dir is None
     assert parse_override("data.val_file=a=b.jsonl") == ("data.val_file", "a=b.jsonl")
@@ -79,10 +80,42 @@ def test_overrides_parse_types():
 
 
 @pytest.mark.parametrize("key, nearest", [("optim.lrr", "optim.lr"), ("model.hiden_size", "model.hidden_size"),
-                                          ("sampling.num_frame", "sampling.num_frames")])
+                                          ("sampling.num_frame", "sampling.frames_per_clip"),
+                                          ("sampling.frame_per_clip", "sampling.frames_per_clip")])
 def test_unknown_key_names_nearest(key, nearest):
     with pytest.raises(ValueError, match=rf"unknown config key '{key}'.*'{nearest}'"):
         load_config("tiny_ret", [f"{key}=1"])
+
+
+RENAMES = [("sampling.num_frames", "sampling.frames_per_clip"), ("sampling.fps", "sampling.clip_fps"),
+           ("sampling.dense_num_frames", "sampling.dense_frames")]
+
+
+@pytest.mark.parametrize("old, new", RENAMES)
+def test_renamed_key_override_names_the_new_key(old, new):
+    with pytest.raises(ValueError, match=rf"^{old} was renamed to {new}$"):
+        load_config("tiny_ret", [f"{old}=2"])
+
+
+@pytest.mark.parametrize("old, new", RENAMES)
+def test_renamed_key_in_yaml_names_the_new_key(tmp_path, old, new):
+    section, name = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"base: tiny_ret\n{section}: {{{name}: 2}}\n")
+    with pytest.raises(ValueError, match=rf"^{old} was renamed to {new}$"):
+        load_config(str(path))
+
+
+def test_saved_config_with_renamed_keys_translates():
+    c = load_config("tiny_ret", ["sampling.clip_fps=3", "sampling.frames_per_clip=4", "sampling.dense_frames=9"])
+    saved = config_to_dict(c)
+    sampling = saved["sampling"]
+    for old, new in RENAMES:
+        sampling[old.split(".")[1]] = sampling.pop(new.split(".")[1])
+    with pytest.raises(ValueError, match="was renamed"):
+        config_from_dict(saved)
+    assert config_from_dict(translate_renamed_keys(saved)) == c
+    assert "num_frames" in saved["sampling"]  # the input is left as it was
 
 
 def test_bad_values_rejected():
@@ -106,7 +139,7 @@ def test_yaml_inheritance(tmp_path):
     c = load_config(str(grandchild))
     tiny = load_config("tiny_ret")
     assert c.optim.lr == 3e-4 and c.sampling.train_n_clips == 3 and c.data.max_txt_len == 12
-    assert c.model == tiny.model and c.sampling.num_frames == tiny.sampling.num_frames
+    assert c.model == tiny.model and c.sampling.frames_per_clip == tiny.sampling.frames_per_clip
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: tiny_ret\nmodel: {hiden_size: 3}\n")
     with pytest.raises(ValueError, match="model.hidden_size"):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from clipbert.frames import StoreOptions
-from pipelines.decode import DecodeError, decode_video, resized_size, stored_indices
+from pipelines.decode import DecodeError, decode_video, stored_indices
 
 
-@pytest.mark.parametrize("n_src, src_fps, fps, want", [
+@pytest.mark.parametrize("n_src, src_fps, max_fps, want", [
     (30, 30.0, 4.0, [0, 8, 15, 22]),  # 1 s at 30 fps -> frames nearest to 0, .25, .5, .75 s (rounding half to even)
     (10, 10.0, 4.0, [0, 2, 5, 8]),
     (5, 2.0, 4.0, [0, 1, 2, 3, 4]),  # a source slower than the stored rate keeps every frame
@@ -15,18 +15,8 @@ from pipelines.decode import DecodeError, decode_video, resized_size, stored_ind
     (3, 30.0, 4.0, [0]),  # shorter than one stored interval: the first frame only
     (9, 30.0, 4.0, [0, 8]),
 ])
-def test_stored_indices(n_src, src_fps, fps, want):
-    assert stored_indices(n_src, src_fps, fps).tolist() == want
-
-
-@pytest.mark.parametrize("size, max_side, want", [
-    ((640, 360), 448, (448, 252)),
-    ((360, 640), 448, (252, 448)),
-    ((320, 240), 448, (320, 240)),  # never upscaled
-    ((1000, 3), 100, (100, 1)),  # never zero
-])
-def test_resized_size(size, max_side, want):
-    assert resized_size(*size, max_side) == want
+def test_stored_indices(n_src, src_fps, max_fps, want):
+    assert stored_indices(n_src, src_fps, max_fps).tolist() == want
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -94,22 +84,22 @@ def test_variable_frame_rate_is_timed_by_timestamps(tmp_path):
     """10 frames at 10 fps, then 10 frames 0.3 s apart: 3.9 s, so 16 stored frames at 4 fps (frame k shown at
     k / 4 s), not the 14 that even spacing at the mean rate would give."""
     times = [i * 0.1 for i in range(10)] + [0.9 + 0.3 * (i + 1) for i in range(10)]
-    video = decode_video(write_timed_video(tmp_path / "vfr.mp4", times), StoreOptions(fps=4.0))
-    assert (len(video.jpegs), video.fps, video.src_frames) == (16, 4.0, 20)
+    video = decode_video(write_timed_video(tmp_path / "vfr.mp4", times), StoreOptions(max_fps=4.0))
+    assert (len(video.jpegs), video.stored_fps, video.src_frames) == (16, 4.0, 20)
     nearest = [int(np.argmin(np.abs(np.array(times) - k / 4 + 1e-9))) for k in range(16)]
     assert _red_levels(video) == nearest
 
 
-@pytest.mark.parametrize("times, avg_fps, fps, want", [
+@pytest.mark.parametrize("times, avg_fps, max_fps, want", [
     (np.arange(30) / 30.0, 30.0, 4.0, stored_indices(30, 30.0, 4.0).tolist()),  # even spacing: unchanged
     (np.round(np.arange(30) / 29.97, 3), 29.97, 4.0, stored_indices(30, 29.97, 4.0).tolist()),  # ms jitter
     (np.array([0.0, 0.1, 0.2, 1.0, 1.1]), 3.6, 2.0, [0, 2, 3]),  # a 0.8 s gap: 0.5 s is nearest to frame 2
     (np.array([5.0, 5.1, 5.2, 6.0, 6.1]), 3.6, 2.0, [0, 2, 3]),  # times count from the first frame
 ])
-def test_timed_indices(times, avg_fps, fps, want):
+def test_timed_indices(times, avg_fps, max_fps, want):
     from pipelines.decode import timed_indices
 
-    assert timed_indices(times, avg_fps, fps)[0].tolist() == want
+    assert timed_indices(times, avg_fps, max_fps)[0].tolist() == want
 
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])
@@ -224,7 +214,7 @@ def test_ids_that_would_escape_the_store_become_failed_rows(tmp_path, video_id, 
 
     path = write_video(tmp_path / "v.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=4)
     rows = decode_batch({"video_id": [video_id, "fine/v"], "source": [str(path)] * 2},
-                        options={"fps": 4.0, "max_side": 448, "jpeg_quality": 90})
+                        options={"max_fps": 4.0, "max_side": 448, "jpeg_quality": 90})
     assert rows["status"] == ["failed", "ok"] and rows["error"][0].startswith(reason)
     assert rows["jpegs"][0] == [] and len(rows["jpegs"][1]) == 4
 
@@ -239,7 +229,7 @@ def test_a_video_that_killed_its_decoding_process_twice_gets_a_failed_row_withou
     for video_id in ("killer", "killer", "died_once"):  # decodes begun by processes that died before ending them
         journal.begin(video_id)
     rows = decode_batch({"video_id": ["killer", "died_once", "fresh"], "source": [str(path)] * 3},
-                        options={"fps": 4.0, "max_side": 448, "jpeg_quality": 90}, store=store)
+                        options={"max_fps": 4.0, "max_side": 448, "jpeg_quality": 90}, store=store)
     assert rows["status"] == ["failed", "ok", "ok"]
     assert rows["error"][0] == ("the decoding process died 2 times on this video (a decoder crash or out of "
                                 "memory): not tried again")
@@ -259,9 +249,9 @@ def test_a_still_image_is_a_one_frame_video(tmp_path, ext):
     path = tmp_path / f"photo.{ext}"
     Image.fromarray(rgb).save(path)
     for source in (str(path), path.read_bytes()):  # a local path, or bytes known by their magic number
-        video = decode_video(source, StoreOptions(fps=4.0, max_side=160))
+        video = decode_video(source, StoreOptions(max_fps=4.0, max_side=160))
         assert len(video.jpegs) == 1 and (video.width, video.height) == (160, 120)
-        assert (video.src_width, video.src_height, video.fps) == (400, 300, 4.0)
+        assert (video.src_width, video.src_height, video.stored_fps) == (400, 300, 4.0)
         frame = decode_jpeg(video.jpegs[0])
         assert abs(int(frame[60, 20, 0]) - 200) < 8 and frame[60, 140, 0] < 10
 
@@ -273,7 +263,7 @@ def test_exif_rotated_photo_is_stored_upright(tmp_path):
     exif = image.getexif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     image.save(tmp_path / "phone.jpg", exif=exif)
-    video = decode_video(str(tmp_path / "phone.jpg"), StoreOptions(fps=4.0, max_side=448))
+    video = decode_video(str(tmp_path / "phone.jpg"), StoreOptions(max_fps=4.0, max_side=448))
     assert (video.width, video.height) == (100, 200)  # portrait, as the phone showed it
 
 

@@ -41,7 +41,7 @@ def test_round_trip_values_and_metadata(store):
     reader = fs.FrameStore(root)
     assert reader.ids() == ["a", "dir/b"]  # failed rows are not readable videos
     assert "broken" not in reader and len(reader) == 2
-    assert reader.num_frames("dir/b") == 5 and reader.fps("a") == 4.0
+    assert reader.n_stored("dir/b") == 5 and reader.stored_fps("a") == 4.0
     got = reader.get("dir/b", [4, 0, 0])
     assert got.shape == (3, 48, 64, 3) and got.dtype == np.uint8
     want = videos["dir/b"][[4, 0, 0]].astype(float)
@@ -107,4 +107,10 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="jpeg_quality"):
         fs.StoreOptions(jpeg_quality=0)
     with pytest.raises(ValueError, match="fps"):
-        fs.StoreOptions(fps=0)
+        fs.StoreOptions(max_fps=0)
+
+
+def test_header_keeps_its_fps_key(tmp_path):
+    fs.write_header(tmp_path, fs.StoreOptions(max_fps=2.0, max_side=320))
+    header = fs.read_header(tmp_path)
+    assert (header["fps"], header["max_side"], header["jpeg_quality"]) == (2.0, 320, 90) and "max_fps" not in header

@@ -111,7 +111,7 @@ def test_metadata_of_stored_videos(store):
     assert rows["anim"]["fps"] == 4.0 and rows["anim"]["width"] == 80  # small frames are never upscaled
     reader = fs.FrameStore(store[0])
     for video_id in ["good", "anim", "av1", "one_frame"]:
-        frames = reader.get(video_id, range(reader.num_frames(video_id)))
+        frames = reader.get(video_id, range(reader.n_stored(video_id)))
         assert frames.shape == (rows[video_id]["num_frames"], rows[video_id]["height"], rows[video_id]["width"], 3)
 
 
@@ -182,7 +182,7 @@ def _run_job(videos, out, address: str, **popen):
 def _store_contents(root):
     manifest = fs.read_manifest(root).drop(["shard"]).to_pylist()
     reader = fs.FrameStore(root)
-    frames = {v: reader.get_jpeg(v, range(reader.num_frames(v))) for v in reader.ids()}
+    frames = {v: reader.get_jpeg(v, range(reader.n_stored(v))) for v in reader.ids()}
     return manifest, frames
 
 

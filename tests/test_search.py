@@ -202,7 +202,7 @@ def test_search_job_writes_a_self_contained_contact_sheet(built, tmp_path, capsy
     hit_ids = re.findall(r'<li class="hit" data-video-id="([^"]+)"', page)
     assert len(hit_ids) == 2 * 3 and set(hit_ids) <= set(videos)
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert len(srcs) == 2 * 3 * N_CLIPS * searcher.cfg.sampling.num_frames
+    assert len(srcs) == 2 * 3 * N_CLIPS * searcher.cfg.sampling.frames_per_clip
     assert all(s.startswith("data:image/jpeg;base64,") for s in srcs)  # nothing to fetch
     store = FrameStore(searcher.cfg.data.frame_store)
     first = base64.b64decode(srcs[0].split(",", 1)[1])

@@ -91,7 +91,7 @@ def nested_index(tiny_corpus, tmp_path_factory):
     (tmp / "videos" / "cam_a").mkdir(parents=True)
     for i, src in enumerate(sources):
         shutil.copy(src, tmp / "videos" / ("cam_a" if i % 2 else "") / src.name)
-    build_frame_store(tmp / "videos", tmp / "frames", fs.StoreOptions(fps=4.0, max_side=160))
+    build_frame_store(tmp / "videos", tmp / "frames", fs.StoreOptions(max_fps=4.0, max_side=160))
     cfg = tiny_corpus.config("synthetic_tiny", f"data.frame_store={tmp / 'frames'}")
     checkpoint = tiny_checkpoint(cfg, tmp / "ckpt", seed=0)
     store = fs.FrameStore(tmp / "frames")
@@ -164,7 +164,7 @@ def test_search_json(service):
     assert tail == sorted(tail, reverse=True)
     for h in hits:
         frames = np.array(h["frames"])
-        assert frames.shape == (N_CLIPS, T) and frames.min() >= 0 and frames.max() < store.num_frames(h["video_id"])
+        assert frames.shape == (N_CLIPS, T) and frames.min() >= 0 and frames.max() < store.n_stored(h["video_id"])
     assert set(out["timings_ms"]) == {"encode", "search", "rerank", "total"} and out["timings_ms"]["total"] > 0
     assert out["encode_batch"] >= 1
 
@@ -192,7 +192,7 @@ def test_concurrent_queries_are_encoded_in_batches(service):
 def test_frames_are_the_stored_jpeg_bytes(service):
     port, store, _ = service
     nested = next(v for v in store.ids() if v.startswith("cam_a/"))
-    last = store.num_frames(nested) - 1
+    last = store.n_stored(nested) - 1
     for video_id, index in ((nested, 0), (nested, last), (store.ids()[-1], 1)):
         status, ctype, body = _get(port, f"/frames/{video_id}/{index}.jpg")
         assert (status, ctype) == (200, "image/jpeg")

@@ -71,3 +71,15 @@ def test_no_completed_trial_writes_no_best(tmp_path, records):
     write_outputs(tmp_path, [records[0], records[2]], metric="t2v_r1", mode="max", max_steps=9)
     assert (tmp_path / "trials.parquet").exists() and not (tmp_path / "best.yaml").exists()
     assert not (tmp_path / "best").exists()
+
+
+def test_best_yaml_of_a_checkpoint_saved_with_earlier_key_names_loads(tmp_path):
+    record = _finished(tmp_path, "a", 1e-4, [(3, 20.0)], test_r1=10.0)
+    path = tmp_path / "runs" / "a" / "best" / CONFIG_NAME
+    saved = json.loads(path.read_text())
+    saved["sampling"]["num_frames"] = saved["sampling"].pop("frames_per_clip")
+    path.write_text(json.dumps(saved))
+    out = tmp_path / "sweep"
+    out.mkdir()
+    write_outputs(out, [record], metric="t2v_r1", mode="max", max_steps=3)
+    assert load_config(str(out / "best.yaml")).sampling.frames_per_clip == 2

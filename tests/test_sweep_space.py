@@ -13,13 +13,13 @@ def test_space_file_parses_every_distribution(tmp_path):
     path.write_text("optim.lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
                     "optim.cnn_lr: {uniform: [1e-5, 2e-4]}\n"  # YAML reads 1e-5 (no dot) as a string
                     "sampling.train_n_clips: {choice: [1, 2, 4]}\n"
-                    "sampling.num_frames: {randint: [1, 4]}\n"
+                    "sampling.frames_per_clip: {randint: [1, 4]}\n"
                     "model.consensus: {grid: [mean, max, lse]}\n")
     assert load_space(path) == [
         Dimension("optim.lr", "loguniform", (1e-5, 1e-3)),
         Dimension("optim.cnn_lr", "uniform", (1e-5, 2e-4)),
         Dimension("sampling.train_n_clips", "choice", (1, 2, 4)),
-        Dimension("sampling.num_frames", "randint", (1, 4)),
+        Dimension("sampling.frames_per_clip", "randint", (1, 4)),
         Dimension("model.consensus", "grid", ("mean", "max", "lse")),
     ]
 

@@ -117,7 +117,7 @@ def test_make_batch_retrieval_draws_negatives_of_other_videos(tiny_corpus):
     out = make_batch(_columns(rows), cfg=config_to_dict(cfg), train=True, negatives=(pool_videos, pool_captions),
                      seed=0)
     s = cfg.sampling
-    _check_batch(out, 4, s.train_n_clips, s.num_frames, 4, cfg.model.img_size, cfg.data.max_txt_len)
+    _check_batch(out, 4, s.train_n_clips, s.frames_per_clip, 4, cfg.model.img_size, cfg.data.max_txt_len)
     assert out["label"].tolist() == [0, 0, 0, 0]  # the positive caption is text 0
     assert out["example_id"].tolist() == [r["example_id"] for r in rows]
     assert out["video_key"].tolist() == [video_key(r["video_id"]) for r in rows]
@@ -157,7 +157,7 @@ def test_make_batch_multiple_choice(tiny_corpus):
     rows, _ = load_annotations(cfg.data.val_file)
     out = make_batch(_columns(rows[:3]), cfg=config_to_dict(cfg), train=True, seed=1)
     s = cfg.sampling
-    _check_batch(out, 3, s.train_n_clips, s.num_frames, 5, cfg.model.img_size, cfg.data.max_txt_len)
+    _check_batch(out, 3, s.train_n_clips, s.frames_per_clip, 5, cfg.model.img_size, cfg.data.max_txt_len)
     assert out["label"].tolist() == [r["label"] for r in rows[:3]]  # the answer option, untouched
     texts = tokenize(load_tokenizer(cfg.data.tokenizer), rows[0]["texts"], cfg.data.max_txt_len)["input_ids"]
     np.testing.assert_array_equal(out["input_ids"][0], texts)
@@ -169,7 +169,7 @@ def test_make_batch_open_ended_qa(tiny_corpus):
     rows, _ = load_annotations(cfg.data.train_file, ans2label=ans2label)
     out = make_batch(_columns(rows[:4]), cfg=config_to_dict(cfg), train=True, seed=2)
     s = cfg.sampling
-    _check_batch(out, 4, s.train_n_clips, s.num_frames, 1, cfg.model.img_size, cfg.data.max_txt_len)
+    _check_batch(out, 4, s.train_n_clips, s.frames_per_clip, 1, cfg.model.img_size, cfg.data.max_txt_len)
     assert out["label"].tolist() == [ans2label[r["answer"]] for r in rows[:4]]
 
 
@@ -250,7 +250,7 @@ def test_a_trial_config_reaches_the_data_stage_the_schedule_and_the_workers(ray_
     from clipbert.sweep_space import trial_config
 
     tree = load_config_tree("synthetic_tiny", [f"data.root={tiny_corpus.root}", "train.num_workers=1"])
-    cfg = trial_config(tree, {"sampling.train_n_clips": 3, "sampling.num_frames": 1, "optim.batch_size": 4,
+    cfg = trial_config(tree, {"sampling.train_n_clips": 3, "sampling.frames_per_clip": 1, "optim.batch_size": 4,
                               "optim.num_epochs": 3, "model.consensus": "max"})
     task = training.prepare_task(cfg)
     trainer = training.build_trainer(cfg, task, storage_path="/tmp/unused", name="x", cluster={"CPU": 1.0})
