@@ -31,7 +31,7 @@ def start_local_ray(num_cpus: int | None = None) -> int:
     own dashboard, which Ray Train's State API calls are pinned to (not another Ray on the machine), and no Ray Data
     progress bars; returns the dashboard's port."""
     from clipbert.ray_init import init_ray
-    from clipbert.training import keep_idle_workers
+    from clipbert.training.run import keep_idle_workers
 
     keep_idle_workers()
     port = free_port()

@@ -2,7 +2,7 @@
 
 Both embed the same videos of the same frame store with the same model and the same N dense clips of T frames,
 in one run, on this machine's cores:
-- plain loop: one process, no Ray: for each batch of videos, read and decode the clips (clipbert.clips), then
+- plain loop: one process, no Ray: for each batch of videos, read and decode the clips (clipbert.data.clips), then
   the model (CNN grid -> clip embeddings), torch on every core: the same work, the best a single process does;
 - Ray Data: ``run_embed`` (CPU clip-loading tasks feeding an actor pool holding the model, Parquet shards),
   on a local Ray started before the clock starts; its first run also pays the actors' start-up.
@@ -48,7 +48,7 @@ def checkpoint(workdir: Path) -> Path:
     """A random-weight synthetic_tiny checkpoint (its tokenizer path is not used here)."""
     import torch
 
-    from clipbert.checkpoint import build_model, save_checkpoint
+    from clipbert.model.checkpoint import build_model, save_checkpoint
     from clipbert.config import load_config
 
     cfg = load_config(PRESET)
@@ -60,9 +60,9 @@ def plain_loop(ckpt: Path, store: Path, videos: list[str], n_clips: int, batch_s
     """Seconds to embed `videos` in this process without Ray."""
     import torch
 
-    from clipbert.checkpoint import load_checkpoint
-    from clipbert.clips import video_batch
-    from clipbert.scoring import chunks, clip_embeddings
+    from clipbert.model.checkpoint import load_checkpoint
+    from clipbert.data.clips import video_batch
+    from clipbert.model.scoring import chunks, clip_embeddings
 
     model, cfg = load_checkpoint(ckpt)
     model.eval()
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = checkpoint(workdir)
     import ray
 
-    from clipbert.frames import FrameStore
+    from clipbert.data.frames import FrameStore
     from clipbert.ray_init import init_ray
 
     videos = FrameStore(store).ids()

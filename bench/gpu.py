@@ -17,7 +17,7 @@ carry a prepared environment to a lent machine: README, "GPU check".
 
 Parts (each prints its time; a part that fails prints its error, which goes into the JSON, and the next one starts):
   train_step       the full-size model (msrvtt_ret: ResNet-50 at 448 px, BERT-base, N=8 clips x T=2 frames, K=2 texts,
-                   B=16) on one GPU: one optimiser step as clipbert/train_loop.py takes it (forward + loss, backward,
+                   B=16) on one GPU: one optimiser step as clipbert/training/loop.py takes it (forward + loss, backward,
                    clipping, AdamW) in fp32, bf16 autocast, bf16 + channels_last and bf16 + torch.compile: step time,
                    samples/s, clips/s, MFU against the bf16 matmul peak measured here (8192^2 matmuls); model FLOPs
                    per step are counted with torch.utils.flop_counter.FlopCounterMode on one eager step (matmuls,
@@ -25,13 +25,13 @@ Parts (each prints its time; a part that fails prints its error, which goes into
                    largest batch that fits, without and with gradient checkpointing (doubling until
                    torch.cuda.OutOfMemoryError, then bisecting).
   batched_vs_loop  all B x N clips in one pass against the original's per-clip loop (bench/model.py's measure).
-  data_path        the clip stage (clipbert.batches.make_batch) as a Ray Data pipeline on every CPU, producing batches
+  data_path        the clip stage (clipbert.data.batches.make_batch) as a Ray Data pipeline on every CPU, producing batches
                    of the training shape from a synthetic frame store (JPEGs at 448 x 336) onto the GPU: batches/s
                    it sustains against batches/s the fastest bf16 step consumes; then a short real Ray Train run (1 GPU
                    worker, the full-size config, two evaluation windows): its data_wait_fraction and samples/s.
   embed            the index job's model stage: pipelines.embed.Embedder on batches of N=16 dense clips (clips/s),
                    and the whole run_embed job (Ray Data, one GPU actor) over the synthetic store.
-  faiss            1,000,000 x 256 random unit vectors: build (train + add, clipbert.index_build.build_index) and search
+  faiss            1,000,000 x 256 random unit vectors: build (train + add, clipbert.retrieval.index_build.build_index) and search
                    (10,000 queries, k=10; IVF nprobe=32) of Flat and IVF-Flat on faiss-cpu and on faiss-gpu.
 
 Budget: --minutes (default 8) is shared among the parts in proportion to PART_WEIGHTS, time a part leaves passing on
@@ -72,11 +72,11 @@ import torch  # noqa: E402
 from common import print_table, start_local_ray, write_json  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from clipbert.checkpoint import build_model, save_checkpoint  # noqa: E402
+from clipbert.model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from clipbert.config import Config, load_config  # noqa: E402
-from clipbert.optim import build_optimizer  # noqa: E402
-from clipbert.scoring import autocast  # noqa: E402
-from clipbert.train_loop import batch_loss, optimizer_step  # noqa: E402
+from clipbert.model.optim import build_optimizer  # noqa: E402
+from clipbert.model.scoring import autocast  # noqa: E402
+from clipbert.training.loop import batch_loss, optimizer_step  # noqa: E402
 
 PART_WEIGHTS = {"train_step": 0.40, "batched_vs_loop": 0.07, "data_path": 0.27, "embed": 0.11, "faiss": 0.15}
 MIN_PART_S = 5.0  # a part given less than this is skipped
@@ -208,7 +208,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- training steps
 def random_batch(cfg: Config, b: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """A training batch (clipbert.batches keys) of random pixels and tokens at the config's shapes."""
+    """A training batch (clipbert.data.batches keys) of random pixels and tokens at the config's shapes."""
     n, t, s = cfg.sampling.train_n_clips, cfg.sampling.frames_per_clip, cfg.model.img_size
     k, length = 1 + cfg.data.itm_neg_size, cfg.data.max_txt_len
     frames = torch.randint(0, 256, (b, n, t, 3, s, s), dtype=torch.uint8, device=device)  # (B, N, T, 3, S, S)
@@ -222,7 +222,7 @@ def random_batch(cfg: Config, b: int, device: torch.device) -> dict[str, torch.T
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, batch: dict[str, torch.Tensor],
                precision: str, device: torch.device) -> None:
-    """One optimiser step as clipbert/train_loop.py takes it: autocast forward + loss, backward, clipping, AdamW."""
+    """One optimiser step as clipbert/training/loop.py takes it: autocast forward + loss, backward, clipping, AdamW."""
     with autocast(device, precision):
         loss = batch_loss(model, cfg, batch)
     loss.backward()
@@ -440,8 +440,8 @@ def texture_frames(rng: np.random.Generator, width: int, height: int, count: int
 
 
 def write_frame_store(root: Path, sizes: Sizes, rng: np.random.Generator) -> list[str]:
-    """A one-shard frame store of random-texture videos written in this process with clipbert.frames; their ids."""
-    from clipbert import frames as fs
+    """A one-shard frame store of random-texture videos written in this process with clipbert.data.frames; their ids."""
+    from clipbert.data import frames as fs
 
     options = fs.StoreOptions(max_fps=sizes.store_fps, max_side=max(sizes.store_size))
     (w, h), fps, ids = sizes.store_size, sizes.store_fps, [f"video{i:05d}" for i in range(sizes.store_videos)]
@@ -470,7 +470,7 @@ def write_captions(path: Path, video_ids: list[str], count: int, rng: np.random.
 def ensure_store(ctx: Context) -> Path:
     """The synthetic corpus (made once): frames/, tokenizer/, txt/train.jsonl (4 captions per video), txt/val.jsonl."""
     if ctx.store is None:
-        from clipbert.text import write_vocab
+        from clipbert.data.text import write_vocab
 
         start = time.perf_counter()
         root, rng = ctx.workdir / "corpus", np.random.default_rng(0)
@@ -494,7 +494,7 @@ def corpus_config(ctx: Context, *extra: str) -> Config:
 
 def store_jpeg_bytes(root: Path) -> float:
     """Mean stored JPEG bytes per frame."""
-    from clipbert import frames as fs
+    from clipbert.data import frames as fs
 
     manifest = fs.read_manifest(root).to_pydict()
     return sum(manifest["bytes"]) / max(1, sum(manifest["num_frames"]))
@@ -516,7 +516,7 @@ def ensure_ray(ctx: Context) -> None:
 # ----------------------------------------------------------------------------------------------- data path
 def annotation_rows(cfg: Config, count: int) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
     """`count` training rows (repeating the file's) as build_trainer feeds them, and the negative caption pool."""
-    from clipbert.training import prepare_task
+    from clipbert.training.run import prepare_task
 
     train = prepare_task(cfg).train
     rows = [{k: r[k] for k in ("example_id", "video_id", "texts", "label")} for r in train]
@@ -530,7 +530,7 @@ def clip_stage(cfg: Config, max_batches: int, deadline: float, device: torch.dev
     Ray), delivered to `device` by iter_torch_batches as training workers receive them; sustained = after the first."""
     import ray
 
-    from clipbert.batches import make_batch
+    from clipbert.data.batches import make_batch
     from clipbert.config import config_to_dict
 
     b = cfg.optim.batch_size
@@ -574,7 +574,7 @@ def run_windows(ctx: Context, deadline: float) -> int:
 def short_train_run(ctx: Context, cfg: Config, deadline: float) -> dict[str, Any]:
     """A real Ray Train fit (TorchTrainer, 1 worker, its GPU) of one epoch cut into two evaluation windows: the first
     holds the pipeline's start-up, the second is steady; data_wait_fraction and samples/s of each."""
-    from clipbert.training import build_trainer, prepare_task
+    from clipbert.training.run import build_trainer, prepare_task
 
     what = f"Ray Train run, 1 worker{' + 1 GPU' if ctx.cuda else ' (CPU)'}"
     if not ctx.smoke and deadline - time.monotonic() < TRAIN_RUN_FIXED_S + 10:
@@ -599,7 +599,7 @@ def short_train_run(ctx: Context, cfg: Config, deadline: float) -> dict[str, Any
 
 
 def video_ids(ctx: Context) -> list[str]:
-    from clipbert.frames import FrameStore
+    from clipbert.data.frames import FrameStore
 
     return FrameStore(ctx.store / "frames").ids()
 
@@ -700,8 +700,8 @@ def faiss_row(factory: str, on_gpu: bool, base: np.ndarray, queries: np.ndarray,
     """Build (build_index: train + add, back on the host) and search one index; (row, top-10 ids)."""
     import faiss
 
-    from clipbert.index_build import build_index
-    from clipbert.index_tuning import RECALL_K, recall_of
+    from clipbert.retrieval.index_build import build_index
+    from clipbert.retrieval.index_tuning import RECALL_K, recall_of
 
     start = time.perf_counter()
     index = build_index(base, factory, use_gpu=on_gpu)
@@ -730,8 +730,8 @@ def part_faiss(ctx: Context, rows: list[dict[str, Any]], deadline: float) -> Non
     """Flat and IVF-Flat over random unit vectors, faiss-cpu then faiss-gpu, recall against the exact CPU search."""
     import faiss
 
-    from clipbert.index_choice import ivf_lists
-    from clipbert.index_tuning import RECALL_K
+    from clipbert.retrieval.index_choice import ivf_lists
+    from clipbert.retrieval.index_tuning import RECALL_K
 
     s = ctx.sizes
     start = time.perf_counter()

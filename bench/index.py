@@ -8,7 +8,7 @@ well-separated clusters, which strand HNSW's greedy search) and ``--intrinsic-di
 all dims (no neighbour structure within a cluster): both are far harder than embeddings. ``--queries``
 evaluation queries and as many tuning queries are drawn the same way, not from the base set.
 
-Chooses the index with ``clipbert.index_choice.choose_index`` under ``--budget``, builds it (train + add), tunes its
+Chooses the index with ``clipbert.retrieval.index_choice.choose_index`` under ``--budget``, builds it (train + add), tunes its
 search parameter to recall@10 >= ``--target-recall`` on the tuning queries, then measures on the evaluation
 queries, side by side with exact search: build seconds, memory (estimate, serialized size, RSS growth during the
 build), queries/s over one batch, single-query latency and recall@10.
@@ -37,9 +37,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from common import print_table, write_json  # noqa: E402
 
-from clipbert.index_build import build_index  # noqa: E402
-from clipbert.index_choice import choose_index, estimate_memory, parse_memory  # noqa: E402
-from clipbert.index_tuning import recall_of, tune_search  # noqa: E402
+from clipbert.retrieval.index_build import build_index  # noqa: E402
+from clipbert.retrieval.index_choice import choose_index, estimate_memory, parse_memory  # noqa: E402
+from clipbert.retrieval.index_tuning import recall_of, tune_search  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

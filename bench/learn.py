@@ -11,9 +11,9 @@ on the same cores:
   of the same world (``jobs/synthesize.py --images``, a seed of its own, captions only), then ``synthetic_tiny``
   finetuned from that checkpoint (``model.init_checkpoint``: CNN and transformer); pretraining counts in the budget;
 - attribute_cnn:  ``synthetic_tiny`` from a CNN trained to classify each event's colour, shape and direction
-  (``clipbert.cnn_pretrain``, on a video corpus of another seed): a labelled upper bound, not a weakly supervised
+  (``clipbert.training.cnn_pretrain``, on a video corpus of another seed): a labelled upper bound, not a weakly supervised
   recipe; its 2 minutes of CNN training count in the budget;
-- image_text_words: image_text with a caption-word CNN first (``clipbert.caption_cnn``: each still predicts the
+- image_text_words: image_text with a caption-word CNN first (``clipbert.training.caption_cnn``: each still predicts the
   words of its captions from its max-pooled grid, captions only), then image-text pretraining from that CNN, then
   finetuning, both at the pretrained CNN's learning rate (PRETRAINED_CNN_LR); all three stages count in the budget;
 - caption_cnn:    attribute_cnn's recipe with the caption-word CNN in place of the labelled one: the CNN learns from
@@ -27,7 +27,7 @@ that matter are the held-out TEST split's (100 other videos, never used to choos
 multiple-choice accuracy with the ITM head (chance 20), and search figures: two-stage R@1 (the dual encoder's top
 4 / 8 / 16 re-ranked by the re-rank score, ITM margin + w x dual with w chosen on validation) and all pairs. A
 run stopped by the budget is scored on test from its best kept checkpoint. The same checkpoint is also scored
-(clipbert.diagnostics, clipbert.probes) on 100 of its TRAINING videos (R@1 of both encoders over
+(clipbert.training.diagnostics, clipbert.training.probes) on 100 of its TRAINING videos (R@1 of both encoders over
 as many candidates as the test split has): a model that ranks its own training videos no better than the test ones
 is underfitting, not overfitting. And on the test split, for caption / wrong-video pairs whose videos differ in one
 attribute only (colour, shape or direction), how often each encoder ranks the right video above the wrong one
@@ -84,7 +84,7 @@ sys.path.insert(1, str(REPO))
 from common import print_table, write_json  # noqa: E402
 
 from clipbert.config import load_config  # noqa: E402
-from clipbert.diagnostics import (  # noqa: E402
+from clipbert.training.diagnostics import (  # noqa: E402
     FIT_KEYS,
     FIT_VIDEOS,
     GROUNDED,
@@ -97,7 +97,7 @@ from clipbert.diagnostics import (  # noqa: E402
     test_metrics,
     train_fit,
 )
-from clipbert.probes import word_grounding  # noqa: E402
+from clipbert.training.probes import word_grounding  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +139,7 @@ POLL_S = 5.0
 def prepare_corpus(workdir: Path, splits: tuple[int, int, int], seed: int, max_side: int) -> Path:
     """Synthesize, write the tokenizer and preprocess (each step skipped when already done); returns the root."""
     from clipbert.synthetic.corpus import synthesize_corpus
-    from clipbert.text import write_vocab
+    from clipbert.data.text import write_vocab
 
     root = workdir / f"corpus_{'_'.join(map(str, splits))}_s{seed}"
     if not (root / "corpus.json").exists():
@@ -316,7 +316,7 @@ def image_text_checkpoint(name: str, stills: Path, workdir: Path, args: argparse
 
 def attribute_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The attribute-supervised CNN (colour, shape, direction labels) on a video corpus of its own seed, cached."""
-    from clipbert.cnn_pretrain import pretrain_cnn
+    from clipbert.training.cnn_pretrain import pretrain_cnn
 
     if args.cnn_seed == args.seed:
         raise SystemExit("--cnn-seed must differ from --seed: the CNN's videos must not be retrieval ones")
@@ -330,8 +330,8 @@ def attribute_cnn(workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[s
 
 
 def caption_cnn(stills: Path, workdir: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The CNN pretrained to predict the stills' caption words (clipbert.caption_cnn; captions only), cached."""
-    from clipbert.caption_cnn import pretrain_cnn_on_captions
+    """The CNN pretrained to predict the stills' caption words (clipbert.training.caption_cnn; captions only), cached."""
+    from clipbert.training.caption_cnn import pretrain_cnn_on_captions
 
     cfg = load_config("synthetic_tiny_pretrain", [f"data.root={stills}", *args.set])
     key = hashlib.blake2b(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True).encode(), digest_size=4).hexdigest()
@@ -399,7 +399,7 @@ def run_mode(name: str, root: Path, workdir: Path, args: argparse.Namespace) -> 
 
 
 def fill_diagnostics(records_dir: Path, workdir: Path, output: Path) -> None:
-    """Score the clipbert.diagnostics.DIAGNOSTICS (and an image_text record's pretraining word grounding) of records
+    """Score the clipbert.training.diagnostics.DIAGNOSTICS (and an image_text record's pretraining word grounding) of records
     written without them, from their runs under WORKDIR/runs, when the run there is still the one the record describes
     (same figures)."""
     for path in sorted(records_dir.glob("*.json")):

@@ -31,8 +31,8 @@ import lmdb  # noqa: E402
 import numpy as np  # noqa: E402
 from common import corpus, print_table, write_json  # noqa: E402
 
-from clipbert.frames import FrameStore, StoreOptions  # noqa: E402
-from clipbert.sampling import sample_clips  # noqa: E402
+from clipbert.data.frames import FrameStore, StoreOptions  # noqa: E402
+from clipbert.data.sampling import sample_clips  # noqa: E402
 
 N_CLIPS, T, CLIP_FPS = 8, 2, 2.0
 

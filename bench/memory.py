@@ -7,7 +7,7 @@ the rest in the train split. For each size K of --sizes, smallest first, on a fr
 - preprocess: ``pipelines.preprocess.run_preprocess`` of K videos (the first K - V of the train split and the V of
   the val split) into a fresh frame store;
 - train: --epochs epochs of --config (synthetic_tiny, --workers Ray Train workers) on those videos' captions
-  (retrieval_train, retrieval_val and mc_val restricted to them) through ``clipbert.training.build_trainer`` as
+  (retrieval_train, retrieval_val and mc_val restricted to them) through ``clipbert.training.run.build_trainer`` as
   jobs/train.py builds it, with a validation on the V val videos at the end of each epoch. V is the same at every
   size: the validation scores all caption-video pairs, whose count grows with V squared, which is not measured here.
   One epoch of 2,000 videos lasts about 30 s on 2 cores, as long as the start-up of Ray Train and its workers
@@ -275,7 +275,7 @@ def preprocess(videos: list[Path], store: Path) -> dict[str, Any]:
 
 def train(cfg: Config, storage: Path) -> dict[str, Any]:
     """Fit cfg, validated at the end of every epoch; its step count and the final report."""
-    from clipbert.training import build_trainer, prepare_task, schedule
+    from clipbert.training.run import build_trainer, prepare_task, schedule
 
     task = prepare_task(cfg)
     per_epoch, steps = schedule(cfg, len(task.train), cfg.train.num_workers)

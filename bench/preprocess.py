@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import corpus, print_table, write_json  # noqa: E402
 
-from clipbert import frames as fs  # noqa: E402
+from clipbert.data import frames as fs  # noqa: E402
 from clipbert.ray_init import init_ray  # noqa: E402
 
 OPTIONS = fs.StoreOptions()  # what the pipeline stores; the reference rows keep the same frames

@@ -48,7 +48,7 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def pretrained_cnn(workdir: Path, args: argparse.Namespace) -> Path:
     """The CNN pretrained on the caption words of stills of another seed for a fixed wall time (cached)."""
-    from clipbert.caption_cnn import pretrain_cnn_on_captions
+    from clipbert.training.caption_cnn import pretrain_cnn_on_captions
     from clipbert.config import load_config
 
     stills = prepare_images(workdir, args.stills, 100, args.pretrain_seed, args.max_side)

@@ -50,7 +50,7 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def own_index(workdir: Path, n_videos: int, logs: Path) -> Path:
     """A corpus, its frame store, a random synthetic_tiny checkpoint and an index over every video (cached)."""
-    from clipbert.checkpoint import build_model, save_checkpoint
+    from clipbert.model.checkpoint import build_model, save_checkpoint
     from clipbert.config import load_config
 
     root = corpus(workdir, n_videos, seed=0)

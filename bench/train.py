@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare_corpus(workdir: Path, n_videos: int, seed: int) -> Path:
     """Corpus (with its tokenizer) and frame store under workdir (each made once, then reused)."""
-    from clipbert.text import write_vocab
+    from clipbert.data.text import write_vocab
     from pipelines.preprocess import run_preprocess
 
     root = corpus(workdir, n_videos, seed)
@@ -70,7 +70,7 @@ def prepare_corpus(workdir: Path, n_videos: int, seed: int) -> Path:
 def fit_once(args: argparse.Namespace, base: Config, workers: int, threads: int, storage: str) -> dict:
     """One fit of `base` with `workers` workers of `threads` torch threads each (train.cpu_threads); returns its
     configuration and per-window throughput."""
-    from clipbert.training import build_trainer, prepare_task, schedule
+    from clipbert.training.run import build_trainer, prepare_task, schedule
 
     cfg = copy.deepcopy(base)
     cfg.train.num_workers, cfg.train.keep_checkpoints, cfg.train.cpu_threads = workers, 1000, threads
@@ -103,7 +103,7 @@ def fit_once(args: argparse.Namespace, base: Config, workers: int, threads: int,
 
 def fits(args: argparse.Namespace) -> list[tuple[int, int]]:
     """(workers, resolved torch threads per worker) to measure, without repeats."""
-    from clipbert.train_loop import cpu_threads
+    from clipbert.training.loop import cpu_threads
 
     out: list[tuple[int, int]] = []
     for w in (int(v) for v in args.workers.split(",")):
@@ -117,7 +117,7 @@ def run_mode(args: argparse.Namespace, mode: str, base: Config, storage: str) ->
     """Every worker count on a fresh local Ray whose idle worker limit is `mode` ("raised" or "default")."""
     import ray
 
-    from clipbert.training import IDLE_WORKERS_ENV, keep_idle_workers
+    from clipbert.training.run import IDLE_WORKERS_ENV, keep_idle_workers
 
     os.environ.pop(IDLE_WORKERS_ENV, None)
     if mode == "raised":

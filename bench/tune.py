@@ -39,8 +39,8 @@ from common import print_table, write_json  # noqa: E402
 from learn import prepare_corpus  # noqa: E402
 
 from clipbert.config import load_config_tree  # noqa: E402
-from clipbert.sweep_space import trial_config  # noqa: E402
-from clipbert.training import schedule  # noqa: E402
+from clipbert.sweep.space import trial_config  # noqa: E402
+from clipbert.training.run import schedule  # noqa: E402
 
 SPACE = """\
 optim.lr: {loguniform: [1.0e-4, 1.0e-3]}

@@ -109,7 +109,7 @@ class DataConfig:
     max_txt_len: int = 20  # L: text tokens incl. [CLS]/[SEP]; longer texts are truncated, shorter padded
     itm_neg_size: int = 1  # retrieval: random negative captions (other videos) per positive
     itm_swap_negatives: int = 0  # retrieval: negatives per positive that differ from it in one word
-    # (clipbert.caption_swaps), in place of as many random ones when a caption has too few swappable words
+    # (clipbert.data.caption_swaps), in place of as many random ones when a caption has too few swappable words
     num_answers: int = 1500  # QA answer vocabulary size floor: max(|ans2label|, num_answers) labels
     num_options: int = 5  # multiple choice: options per question
     caption_group_size: int = 2  # pretrain: captions of one image scored against one CNN pass

@@ -52,10 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _checked(args: argparse.Namespace) -> tuple[list[str] | None, int]:
     """Driver-side checks before Ray starts: the checkpoint, the store, the list, the budget."""
-    from clipbert.checkpoint import check_retrieval_checkpoint
-    from clipbert.data import read_video_list
-    from clipbert.frames import FrameStore
-    from clipbert.index_choice import parse_memory
+    from clipbert.model.checkpoint import check_retrieval_checkpoint
+    from clipbert.data.annotations import read_video_list
+    from clipbert.data.frames import FrameStore
+    from clipbert.retrieval.index_choice import parse_memory
 
     check_retrieval_checkpoint(args.checkpoint)
     FrameStore(args.frame_store)
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     video_ids, budget = _checked(args)
-    from clipbert.checkpoint import contrastive_logit_scale
-    from clipbert.embeddings import read_header, read_rows
-    from clipbert.index import VideoIndex
+    from clipbert.model.checkpoint import contrastive_logit_scale
+    from clipbert.retrieval.embeddings import read_header, read_rows
+    from clipbert.retrieval.index import VideoIndex
     from clipbert.ray_init import init_ray
     from pipelines.embed import run_embed
     from pipelines.index import sharded_add

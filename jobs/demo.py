@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for jobs.buil
 from clipbert.logs import setup_logging  # noqa: E402
 
 if TYPE_CHECKING:
-    from clipbert.search import Searcher
+    from clipbert.retrieval.search import Searcher
 
 logger = logging.getLogger("demo")
 ATTRIBUTES = ("color", "shape", "direction")
@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from clipbert.ray_init import init_ray
-    from clipbert.caption_cnn import pretrain_cnn_on_captions
+    from clipbert.training.caption_cnn import pretrain_cnn_on_captions
     from clipbert.config import load_config
-    from clipbert.frames import StoreOptions
+    from clipbert.data.frames import StoreOptions
     from clipbert.synthetic.corpus import synthesize_corpus
     from clipbert.synthetic.stills import synthesize_images
-    from clipbert.training import keep_idle_workers, run_training
+    from clipbert.training.run import keep_idle_workers, run_training
     from jobs.build_index import main as build_index
     from pipelines.preprocess import run_preprocess
 
@@ -145,14 +145,14 @@ def _check(rc: int) -> None:
 
 
 def _searcher(index: Path) -> Searcher:
-    from clipbert.search import Searcher
+    from clipbert.retrieval.search import Searcher
 
     return Searcher(index)
 
 
 def _evaluate(searcher: Searcher, corpus: Path, rerank: int) -> None:
     """Held-out text-to-video retrieval over the test gallery: dual encoder and two-stage, with chance beside."""
-    from clipbert.search_eval import evaluate_search
+    from clipbert.retrieval.search_eval import evaluate_search
 
     rows = evaluate_search(searcher, corpus / "txt" / "retrieval_test.jsonl", depths=(rerank,) if rerank else (),
                            all_pairs=False)
@@ -170,7 +170,7 @@ def _evaluate(searcher: Searcher, corpus: Path, rerank: int) -> None:
 
 def _examples(searcher: Searcher, corpus: Path, work: Path, args: argparse.Namespace) -> None:
     """Three test captions as queries: top-k hits with scores, each hit's caption and the attributes it shares."""
-    from clipbert.results_page import contact_sheet
+    from clipbert.retrieval.results_page import contact_sheet
 
     videos = {v["video_id"]: v for v in json.loads((corpus / "corpus.json").read_text())["videos"]}
     gallery = searcher.index.video_ids

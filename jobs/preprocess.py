@@ -18,7 +18,7 @@ import logging
 import sys
 
 from clipbert.exit_codes import job_main
-from clipbert.frames import StoreOptions
+from clipbert.data.frames import StoreOptions
 from clipbert.logs import setup_logging
 
 logger = logging.getLogger("preprocess")

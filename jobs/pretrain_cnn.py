@@ -1,6 +1,6 @@
 """Pretrain the CNN for model.init_checkpoint: on event labels of a synthesized corpus, or on image captions.
 
---objective attributes (default; clipbert.cnn_pretrain): classify each event's colour, shape and direction, a
+--objective attributes (default; clipbert.training.cnn_pretrain): classify each event's colour, shape and direction, a
 labelled stand-in for ImageNet. Usage (a corpus of its own seed, so none of its videos is in the retrieval splits):
     python jobs/synthesize.py --output data/pretrain --seed 1 --splits 400,50,0
     python jobs/preprocess.py --videos data/pretrain/videos --output data/pretrain/frames
@@ -8,7 +8,7 @@ labelled stand-in for ImageNet. Usage (a corpus of its own seed, so none of its 
     python jobs/train.py --config synthetic_tiny --set data.root=data/synthetic \
         --set model.init_checkpoint=$PWD/data/cnn_pretrained
 
---objective captions (clipbert.caption_cnn): predict the words of each image's captions, captions only, on the
+--objective captions (clipbert.training.caption_cnn): predict the words of each image's captions, captions only, on the
 caption files and frame store of an image-text pretraining config; then pretrain from it:
     python jobs/pretrain_cnn.py --objective captions --config synthetic_tiny_pretrain --set data.root=data/stills \
         --output data/caption_cnn --minutes 2.5
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from clipbert.caption_cnn import pretrain_cnn_on_captions
-from clipbert.cnn_pretrain import pretrain_cnn
+from clipbert.training.caption_cnn import pretrain_cnn_on_captions
+from clipbert.training.cnn_pretrain import pretrain_cnn
 from clipbert.config import load_config
 from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging

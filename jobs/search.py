@@ -26,7 +26,7 @@ from clipbert.exit_codes import job_main
 from clipbert.logs import setup_logging
 
 if TYPE_CHECKING:
-    from clipbert.search import Hit, Searcher
+    from clipbert.retrieval.search import Hit, Searcher
 
 logger = logging.getLogger("search")
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _print_rows(rows: list[dict]) -> None:
-    from clipbert.search_eval import ROW_KEYS
+    from clipbert.retrieval.search_eval import ROW_KEYS
 
     print("  ".join(f"{k:>24}" if k == "method" else f"{k:>12}" for k in ROW_KEYS))
     for r in rows:
@@ -67,7 +67,7 @@ def _print_hits(query: str, hits: list) -> None:
 
 
 def _write_html(path: str, searcher: Searcher, queries: list[str], results: list[list[Hit]], index: str) -> None:
-    from clipbert.results_page import contact_sheet
+    from clipbert.retrieval.results_page import contact_sheet
 
     note = f"index {index}: {searcher.gallery_size} videos, checkpoint {searcher.checkpoint_hash}"
     with open(path, "w") as f:
@@ -79,8 +79,8 @@ def _write_html(path: str, searcher: Searcher, queries: list[str], results: list
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    from clipbert.search import Searcher
-    from clipbert.search_eval import evaluate_search
+    from clipbert.retrieval.search import Searcher
+    from clipbert.retrieval.search_eval import evaluate_search
 
     if not args.query and not args.eval:
         raise ValueError("give --query TEXT (repeatable) or --eval ANNOTATIONS.jsonl")

@@ -10,7 +10,7 @@ Usage:
 
 Listens on 127.0.0.1 unless --host says otherwise; the model, tokenizer and frame store default to those the index
 was built from (index.json), as in jobs/search.py. Runs until interrupted (Ctrl-C or SIGTERM), then removes the
-application (and stops the local Ray it started). Routes and validation: clipbert/service.py.
+application (and stops the local Ray it started). Routes and validation: clipbert/retrieval/service.py.
 Exit codes: 0 stopped, 1 the service failed to start, 2 bad arguments.
 """
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from clipbert.ray_init import init_ray
-    from clipbert.service import build_app
+    from clipbert.retrieval.service import build_app
 
     local = init_ray(args.address, args.ray_cpus, log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})

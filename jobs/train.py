@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None, *, task: str | None = None) -> int:
     if task is not None and cfg.data.task != task:
         raise ValueError(f"--config {args.config} is a data.task={cfg.data.task} config; this job needs "
                          f"data.task={task}")
-    from clipbert.training import keep_idle_workers, prepare_run, run_training
+    from clipbert.training.run import keep_idle_workers, prepare_run, run_training
 
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     storage = args.storage_path if "://" in args.storage_path else os.path.abspath(args.storage_path)

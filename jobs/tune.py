@@ -6,7 +6,7 @@ Usage:
         --workers-per-trial 2 --storage-path /shared/sweeps --name msrvtt_lr --search optuna
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/tune.py --config msrvtt_ret ...
 
-space.yaml maps config keys to distributions (clipbert/sweep_space.py):
+space.yaml maps config keys to distributions (clipbert/sweep/space.py):
     optim.lr: {loguniform: [1.0e-5, 1.0e-3]}
     sampling.train_n_clips: {choice: [1, 2, 4]}
 
@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    from clipbert.sweep import SweepSpec, prepare_sweep, run_sweep
-    from clipbert.sweep_report import format_table, trials_table
+    from clipbert.sweep.run import SweepSpec, prepare_sweep, run_sweep
+    from clipbert.sweep.report import format_table, trials_table
 
     overrides = list(args.set)
     if args.workers_per_trial is not None:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                      grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed)
     prepared = prepare_sweep(spec)  # every input is checked here, before Ray starts
     from clipbert.ray_init import init_ray
-    from clipbert.training import keep_idle_workers
+    from clipbert.training.run import keep_idle_workers
 
     keep_idle_workers()
     init_ray(args.address, args.num_cpus)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipbert.clips import resize_size
-from clipbert.frames import StoreOptions, encode_jpeg
+from clipbert.data.clips import resize_size
+from clipbert.data.frames import StoreOptions, encode_jpeg
 
 logger = logging.getLogger(__name__)
 

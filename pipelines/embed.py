@@ -1,14 +1,14 @@
 """Ray Data batch embedding: frame-store videos -> dense uniform clips -> clip and video embeddings -> Parquet shards.
 
 Stages (each a small callable): the driver lists the ok videos not embedded yet -> ``load_clips`` (N uniform
-clips of T frames per video, clipbert.clips) -> ``Embedder`` (an actor pool holding the model) -> ``EmbeddingSink``
+clips of T frames per video, clipbert.data.clips) -> ``Embedder`` (an actor pool holding the model) -> ``EmbeddingSink``
 (each write task writes one Parquet shard atomically). On GPUs, CPU tasks load the clips and one actor per GPU
 embeds them with bf16 autocast; on CPUs each actor (CPU_ACTOR_CPUS cores) loads and embeds its own batches.
 Resume: a re-run skips every video that has a row in a finished shard, so an interrupted run (a killed driver,
 a lost node) loses at most its unfinished shards, and new videos of the store are added; a shard appears only
 whole (temporary file, then rename), and a full disk stops the run with OSError naming the path. A video whose
 frames cannot be read becomes a
-``status=failed`` row with the reason. The output format is clipbert/embeddings.py's.
+``status=failed`` row with the reason. The output format is clipbert/retrieval/embeddings.py's.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import ray
 from ray.data import Datasink
 
 from clipbert import faults, storage
-from clipbert.checkpoint import check_retrieval_checkpoint, checkpoint_hash
+from clipbert.model.checkpoint import check_retrieval_checkpoint, checkpoint_hash
 from clipbert.config import Config, config_from_dict, config_to_dict
-from clipbert.embeddings import EMBED_SCHEMA, HEADER_FILE, SHARDS_DIR, read_rows, shard_paths
-from clipbert.frames import FrameStore
+from clipbert.retrieval.embeddings import EMBED_SCHEMA, HEADER_FILE, SHARDS_DIR, read_rows, shard_paths
+from clipbert.data.frames import FrameStore
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def load_clips(batch: dict[str, Any], *, cfg: dict, n_clips: int) -> dict[str, A
 
     A video whose frames cannot be read keeps zero frames and its reason in "error"; the batch goes on.
     """
-    from clipbert.clips import open_store, video_clips
+    from clipbert.data.clips import open_store, video_clips
 
     c = config_from_dict(cfg)
     store = open_store(c.data.frame_store)
@@ -88,7 +88,7 @@ class Embedder:
     def __init__(self, checkpoint: str, use_gpu: bool, cpu_threads: int = 0, load: dict | None = None):
         import torch
 
-        from clipbert.checkpoint import load_checkpoint
+        from clipbert.model.checkpoint import load_checkpoint
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         if cpu_threads > 0:
@@ -102,7 +102,7 @@ class Embedder:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from clipbert.scoring import autocast, clip_embeddings
+        from clipbert.model.scoring import autocast, clip_embeddings
 
         if self.load is not None:
             batch = load_clips(batch, **self.load)

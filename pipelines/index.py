@@ -4,7 +4,7 @@ For IVF types (IVF-Flat, IVF-PQ, OPQ+IVF+PQ) whose raw vectors do not fit one ma
 ids and a seeded training sample only, trains, and ships the serialized empty index to ``num_tasks`` Ray
 tasks; each adds its shards with the global row ids (the gallery's (video_id, clip) order) and returns its
 serialized partial index; the driver merges the partial indexes in task order. The result holds the same
-codes under the same ids as ``clipbert.index_build.build_index`` on all vectors with the same seed, so it searches
+codes under the same ids as ``clipbert.retrieval.index_build.build_index`` on all vectors with the same seed, so it searches
 the same (only the order of equal-score hits may differ).
 """
 
@@ -16,8 +16,8 @@ import faiss
 import numpy as np
 import ray
 
-from clipbert.embeddings import Gallery, read_shard_vectors
-from clipbert.index_build import AddFn, add_in_chunks
+from clipbert.retrieval.embeddings import Gallery, read_shard_vectors
+from clipbert.retrieval.index_build import AddFn, add_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def add_sharded(trained: faiss.Index, gallery: Gallery, num_tasks: int) -> faiss
 
 
 def sharded_add(num_tasks: int) -> AddFn:
-    """An `add_fn` for clipbert.index.VideoIndex.build that fills the index with add_sharded."""
+    """An `add_fn` for clipbert.retrieval.index.VideoIndex.build that fills the index with add_sharded."""
 
     def add(trained: faiss.Index, gallery: Gallery) -> faiss.Index:
         return add_sharded(trained, gallery, num_tasks)

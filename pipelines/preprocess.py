@@ -31,8 +31,8 @@ import ray
 from ray.data import Datasink
 
 from clipbert import faults, storage
-from clipbert import frames as fs
-from clipbert.frames import MANIFEST_SCHEMA, StoreOptions
+from clipbert.data import frames as fs
+from clipbert.data.frames import MANIFEST_SCHEMA, StoreOptions
 from pipelines.decode import IMAGE_EXTENSIONS, DecodeError, decode_video
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 import av  # noqa: F401  (PyAV must load before decord: see pipelines/decode.py)
 import pytest
 
-from clipbert import frames as fs
+from clipbert.data import frames as fs
 from clipbert.config import Config, load_config
 from clipbert.ray_init import init_ray, state_api_env
 
@@ -70,7 +70,7 @@ def tiny_checkpoint(cfg: Config, directory: Path, seed: int) -> str:
     """A randomly initialised model of `cfg` saved as a checkpoint; its directory."""
     import torch
 
-    from clipbert.checkpoint import build_model, save_checkpoint
+    from clipbert.model.checkpoint import build_model, save_checkpoint
 
     torch.manual_seed(seed)
     model, _ = build_model(cfg.model)
@@ -83,9 +83,9 @@ def tiny_index(cfg: Config, checkpoint: str, videos: list[str], out: Path, n_cli
     import numpy as np
     import pyarrow.parquet as pq
 
-    from clipbert.checkpoint import checkpoint_hash
+    from clipbert.model.checkpoint import checkpoint_hash
     from clipbert.config import config_to_dict
-    from clipbert.index import VideoIndex
+    from clipbert.retrieval.index import VideoIndex
     from pipelines.embed import Embedder, embedding_rows, load_clips
 
     batch = load_clips({"video_id": np.array(videos)}, cfg=config_to_dict(cfg), n_clips=n_clips)
@@ -150,7 +150,7 @@ def free_port():
 @pytest.fixture(scope="session")
 def ray_env():
     """Environment for the Ray processes tests start: idle workers kept alive, as jobs/train.py asks."""
-    from clipbert.training import IDLE_WORKERS_ENV, keep_idle_workers
+    from clipbert.training.run import IDLE_WORKERS_ENV, keep_idle_workers
 
     before = os.environ.get(IDLE_WORKERS_ENV)
     keep_idle_workers()

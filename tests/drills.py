@@ -18,7 +18,7 @@ import pytest
 from conftest import build_frame_store
 from ray.train import UserCallback
 
-from clipbert import frames as fs
+from clipbert.data import frames as fs
 
 STORE_OPTIONS = fs.StoreOptions(max_fps=4.0, max_side=64)
 

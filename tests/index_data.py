@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipbert import embeddings as ve
-from clipbert.embeddings import EMBED_SCHEMA as EMB_SCHEMA
-from clipbert.index import VideoIndex
+from clipbert.retrieval import embeddings as ve
+from clipbert.retrieval.embeddings import EMBED_SCHEMA as EMB_SCHEMA
+from clipbert.retrieval.index import VideoIndex
 
 DIM = 16
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import load_bench
 
-from clipbert.diagnostics import DIAGNOSTICS
+from clipbert.training.diagnostics import DIAGNOSTICS
 
 
 @pytest.fixture(scope="module")

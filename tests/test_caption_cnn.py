@@ -1,4 +1,4 @@
-"""clipbert.caption_cnn: caption bag-of-words targets, the loss, and the pretrained CNN's round trip into a model."""
+"""clipbert.training.caption_cnn: caption bag-of-words targets, the loss, and the pretrained CNN's round trip into a model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipbert.caption_cnn import (
+from clipbert.training.caption_cnn import (
     CaptionWordModel,
     caption_words,
     pretrain_cnn_on_captions,
@@ -16,9 +16,9 @@ from clipbert.caption_cnn import (
     word_recall,
     word_targets,
 )
-from clipbert.checkpoint import build_model
+from clipbert.model.checkpoint import build_model
 from clipbert.config import load_config
-from clipbert.text import load_tokenizer
+from clipbert.data.text import load_tokenizer
 
 
 def _cfg(root, *overrides: str):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from clipbert.caption_swaps import build_swap_table, swap_negatives
+from clipbert.data.caption_swaps import build_swap_table, swap_negatives
 
 CAPTIONS = [
     "a red circle moves left, then a blue square moves up",

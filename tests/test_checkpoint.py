@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertForPreTraining, ResNetForImageClassification
 
-from clipbert.checkpoint import (
+from clipbert.model.checkpoint import (
     build_model,
     checkpoint_problem,
     import_original_checkpoint,
@@ -17,7 +17,7 @@ from clipbert.checkpoint import (
     save_checkpoint,
 )
 from clipbert.config import Config, ModelConfig, load_config
-from clipbert.model import ClipBert, bert_config, resnet_config
+from clipbert.model.clipbert import ClipBert, bert_config, resnet_config
 
 
 def micro_cfg(**kw) -> ModelConfig:

@@ -1,11 +1,11 @@
-"""Tests for clipbert.clips: the pixel path (resize, pad) and frame store -> (N, T, 3, S, S) clips."""
+"""Tests for clipbert.data.clips: the pixel path (resize, pad) and frame store -> (N, T, 3, S, S) clips."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipbert.clips import open_store, resize_and_pad, resize_size, video_batch, video_clips
+from clipbert.data.clips import open_store, resize_and_pad, resize_size, video_batch, video_clips
 
 
 def test_resize_and_pad_landscape_and_portrait():

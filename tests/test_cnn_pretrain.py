@@ -1,4 +1,4 @@
-"""clipbert.cnn_pretrain and jobs/pretrain_cnn.py: event labels of stored frames, and the pretrained CNN's round trip."""
+"""clipbert.training.cnn_pretrain and jobs/pretrain_cnn.py: event labels of stored frames, and the pretrained CNN's round trip."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipbert.checkpoint import build_model
-from clipbert.cnn_pretrain import ATTRIBUTE_NAMES, event_store_ranges, load_corpus_videos, pretrain_cnn, sample_clip
-from clipbert.frames import FrameStore
+from clipbert.model.checkpoint import build_model
+from clipbert.training.cnn_pretrain import ATTRIBUTE_NAMES, event_store_ranges, load_corpus_videos, pretrain_cnn, sample_clip
+from clipbert.data.frames import FrameStore
 from clipbert.synthetic.vocabulary import ATTRIBUTES
 from jobs import pretrain_cnn as job
 

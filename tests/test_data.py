@@ -1,4 +1,4 @@
-"""Tests for clipbert.data: every annotation format, skipped-line reporting, answer vocabularies, ITM negatives."""
+"""Tests for clipbert.data.annotations: every annotation format, skipped-line reporting, answer vocabularies, ITM negatives."""
 
 import json
 import logging
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipbert import data
+from clipbert.data import annotations as data
 
 OPTS = ["a dog runs", "a cat sleeps", "a man sings", "a car drives", "a bird flies"]
 
@@ -87,7 +87,7 @@ def test_broken_lines_and_unknown_ids_are_counted_with_line_numbers(tmp_path, ca
         good,
     ]
     path = write_jsonl(tmp_path / "ret.jsonl", lines)
-    with caplog.at_level(logging.WARNING, logger="clipbert.data"):
+    with caplog.at_level(logging.WARNING, logger="clipbert.data.annotations"):
         rows, report = data.load_annotations(path, task="msrvtt_ret", known_video_ids={"video1"})
     assert [r["example_id"] for r in rows] == [0, 1]
     assert report.num_lines == 7 and report.num_rows == 2
@@ -222,7 +222,7 @@ def test_retrieval_eval_lists():
 
 
 def test_read_video_list_from_ids_or_jsonl(tmp_path, caplog):
-    from clipbert.data import read_video_list
+    from clipbert.data.annotations import read_video_list
 
     plain = tmp_path / "ids.txt"
     plain.write_text("# gallery\nvideo1\n\nvideo2\nvideo1\n")
@@ -252,7 +252,7 @@ def test_wrong_types_and_empty_texts_are_skipped_and_counted(tmp_path, task, lin
 
 
 def test_a_ten_thousand_word_caption_is_kept_and_truncated_by_tokenisation(tmp_path):
-    from clipbert.text import load_tokenizer, tokenize, write_vocab
+    from clipbert.data.text import load_tokenizer, tokenize, write_vocab
 
     caption = " ".join(["dog"] * 10_000)
     rows, _ = data.load_annotations(write_jsonl(tmp_path / "a.jsonl", [{"clip_name": "v", "caption": caption}]))
@@ -263,7 +263,7 @@ def test_a_ten_thousand_word_caption_is_kept_and_truncated_by_tokenisation(tmp_p
 
 def test_a_test_answer_outside_the_vocabulary_counts_as_wrong(tmp_path):
     """Even a model that always predicts the right label when it can scores 2 of 3: the unseen answer is wrong."""
-    from clipbert.metrics import qa_accuracy
+    from clipbert.training.metrics import qa_accuracy
 
     items = [{"video_id": "v", "question": "q", "answer": a, "answer_type": "what"} for a in ("dog", "red", "unicorn")]
     rows, _ = data.load_annotations(write_jsonl(tmp_path / "t.jsonl", items), ans2label=ANS2LABEL)

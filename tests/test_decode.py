@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipbert.frames import StoreOptions
+from clipbert.data.frames import StoreOptions
 from pipelines.decode import DecodeError, decode_video, stored_indices
 
 
@@ -37,7 +37,7 @@ def test_missing_file(tmp_path):
 
 @pytest.mark.parametrize("width", [72, 48])
 def test_widths_decord_mis_sizes_are_decoded_correctly(tmp_path, width):
-    from clipbert.frames import decode_jpeg
+    from clipbert.data.frames import decode_jpeg
     from clipbert.synthetic.encode import write_video
 
     frames = np.zeros((8, 32, width, 3), np.uint8)
@@ -75,7 +75,7 @@ def write_timed_video(path, times, *, width=96, height=64, rotation=0):
 
 
 def _red_levels(video):
-    from clipbert.frames import decode_jpeg
+    from clipbert.data.frames import decode_jpeg
 
     return [int(np.rint((decode_jpeg(j)[:, -8:, 0].mean() - 10) / 12)) for j in video.jpegs]  # source frame index
 
@@ -106,7 +106,7 @@ def test_timed_indices(times, avg_fps, max_fps, want):
 def test_rotated_phone_video_is_stored_upright(tmp_path, rotation):
     video = decode_video(write_timed_video(tmp_path / "phone.mp4", np.arange(8) / 8, rotation=rotation),
                          StoreOptions())
-    from clipbert.frames import decode_jpeg
+    from clipbert.data.frames import decode_jpeg
 
     frame = decode_jpeg(video.jpegs[0]).astype(int)  # the source's green strip is its left quarter
     green = {90: frame[-10:, :, 1], -90: frame[:10, :, 1], 180: frame[:, -10:, 1]}[rotation]  # where it must be
@@ -156,7 +156,7 @@ def test_frames_over_the_pixel_limit_are_refused_with_the_reason(tmp_path, monke
 
 HUGE_DECODE = """
 import json, resource, sys
-from clipbert.frames import StoreOptions, decode_jpeg
+from clipbert.data.frames import StoreOptions, decode_jpeg
 from pipelines.decode import decode_video
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 video = decode_video(sys.argv[1], StoreOptions(max_side=448))
@@ -242,7 +242,7 @@ def test_a_video_that_killed_its_decoding_process_twice_gets_a_failed_row_withou
 def test_a_still_image_is_a_one_frame_video(tmp_path, ext):
     from PIL import Image
 
-    from clipbert.frames import decode_jpeg
+    from clipbert.data.frames import decode_jpeg
 
     rgb = np.zeros((300, 400, 3), np.uint8)
     rgb[:, :200] = (200, 40, 40)

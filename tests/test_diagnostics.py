@@ -1,4 +1,4 @@
-"""Tests of clipbert.diagnostics and clipbert.probes: the checkpoint a run chose, its test figures, training-set fit,
+"""Tests of clipbert.training.diagnostics and clipbert.training.probes: the checkpoint a run chose, its test figures, training-set fit,
 one-attribute grounding and CNN probe, the corpus figures behind them, and records filled only from their own run."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import tiny_checkpoint
 
-from clipbert import diagnostics, probes
-from clipbert.data import retrieval_eval_lists
+from clipbert.training import diagnostics, probes
+from clipbert.data.annotations import retrieval_eval_lists
 from clipbert.synthetic.corpus import load_corpus
 from clipbert.synthetic.vocabulary import ATTRIBUTES
-from clipbert.training import prepare_task
+from clipbert.training.run import prepare_task
 
 TEST_FIGURES = {"t2v_r1": 25.0}  # what the tiny run's final_metrics.json reports
 
@@ -159,7 +159,7 @@ class _ConstantModel:
 def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attributes_words(tiny_stills,
                                                                                            monkeypatch):
     from clipbert.synthetic.vocabulary import tokenize_words
-    from clipbert.text import cached_tokenizer
+    from clipbert.data.text import cached_tokenizer
 
     tok = cached_tokenizer(str(tiny_stills / "tokenizer"))
     square = tok.convert_tokens_to_ids("square")
@@ -174,7 +174,7 @@ def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attrib
 
 
 def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(tiny_corpus, monkeypatch):
-    from clipbert.checkpoint import build_model
+    from clipbert.model.checkpoint import build_model
 
     cfg = tiny_corpus.config("synthetic_tiny")
     clips, labels = probes.event_clips(cfg, "test")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import corrupt_frames
 
-from clipbert import frames as fs
-from clipbert.checkpoint import build_model, save_checkpoint
-from clipbert.clips import video_batch
-from clipbert.embeddings import read_rows
-from clipbert.scoring import clip_embeddings
+from clipbert.data import frames as fs
+from clipbert.model.checkpoint import build_model, save_checkpoint
+from clipbert.data.clips import video_batch
+from clipbert.retrieval.embeddings import read_rows
+from clipbert.model.scoring import clip_embeddings
 from pipelines.embed import run_embed
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from clipbert.evaluation import RERANK_DEPTHS, choose_fuse_weight, fused_metrics
-from clipbert.scoring import FUSE_WEIGHTS, fuse
+from clipbert.training.evaluation import RERANK_DEPTHS, choose_fuse_weight, fused_metrics
+from clipbert.model.scoring import FUSE_WEIGHTS, fuse
 
 GT = np.arange(4)
 

@@ -36,7 +36,7 @@ from drills import (
     write_videos,
 )
 
-from clipbert import frames as fs
+from clipbert.data import frames as fs
 from clipbert.faults import EMBED_FAULT_ENV, PREPROCESS_FAULT_ENV
 from pipelines.preprocess import run_preprocess
 
@@ -151,7 +151,7 @@ def test_a_killed_index_driver_then_resumed_gives_the_same_embeddings_once(ray_t
     from conftest import tiny_checkpoint
 
     from clipbert.config import config_to_dict
-    from clipbert.embeddings import read_rows
+    from clipbert.retrieval.embeddings import read_rows
     from jobs import build_index as job
     from pipelines.embed import Embedder, load_clips
 
@@ -256,7 +256,7 @@ def test_training_survives_a_lost_node_a_full_disk_and_a_corrupt_checkpoint(ray_
     3. the space is freed and the newest registered checkpoint is then found torn (its weights truncated): the same
        run warns, moves it aside, resumes from the previous good checkpoint and finishes its 10 steps.
     """
-    from clipbert import training
+    from clipbert.training import run as training
 
     pickle_by_value()
     cfg = tiny_corpus.config("synthetic_tiny", "train.placement_strategy=SPREAD", "train.max_failures=1",
@@ -291,7 +291,7 @@ def test_training_survives_a_lost_node_a_full_disk_and_a_corrupt_checkpoint(ray_
         weights = run / newest / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         previous_step, previous = max((s, d) for d, s in registered.items() if d != newest)
-        with caplog.at_level("WARNING", logger="clipbert.training"):
+        with caplog.at_level("WARNING", logger="clipbert.training.run"):
             final = training.fit_and_export(cfg, task, storage_path=str(disk), name="run")
         (warning,) = [r.getMessage() for r in caplog.records if "is corrupt" in r.getMessage()]
         assert newest in warning and "model.safetensors cannot be loaded" in warning

@@ -1,4 +1,4 @@
-"""Tests of the frame-store format and reader (clipbert/frames.py)."""
+"""Tests of the frame-store format and reader (clipbert/data/frames.py)."""
 
 import pickle
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipbert import frames as fs
+from clipbert.data import frames as fs
 
 
 def _row(video_id, n, shard, status="ok"):

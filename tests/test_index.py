@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from index_data import DIM, build_video_index, normalise, standard_emb, standard_videos, write_emb
 
-from clipbert import embeddings as ve
-from clipbert import index as vi
-from clipbert.index_files import IDS_FILE
+from clipbert.retrieval import embeddings as ve
+from clipbert.retrieval import index as vi
+from clipbert.retrieval.index_files import IDS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def test_load_embeddings_video_and_clips(emb, videos):
 
 
 def test_load_embeddings_restriction_warns(emb, caplog):
-    with caplog.at_level(logging.WARNING, logger="clipbert.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="clipbert.retrieval.embeddings"):
         _, ids = ve.load_embeddings(emb, "clips", video_ids=["vid0003", "vid0001", "broken", "nope"])
     assert sorted(set(ids["video_id"].to_pylist())) == ["vid0001", "vid0003"]
     assert "2 of the 4 requested video ids" in caplog.text
@@ -138,7 +138,7 @@ def test_clip_search_on_ivf_reconstructs(tmp_path, emb):
 def test_k_is_clamped_once(video_index, caplog):
     index = vi.VideoIndex.load(video_index)
     queries = normalise(np.random.default_rng(3).standard_normal((2, DIM)))
-    with caplog.at_level(logging.WARNING, logger="clipbert.index"):
+    with caplog.at_level(logging.WARNING, logger="clipbert.retrieval.index"):
         found, scores = index.search(queries, k=100)
         index.search(queries, k=500)
     assert scores.shape == (2, 40) and all(len(row) == 40 and len(set(row)) == 40 for row in found)

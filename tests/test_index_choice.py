@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipbert.index_choice import choose_index, estimate_memory, parse_memory
+from clipbert.retrieval.index_choice import choose_index, estimate_memory, parse_memory
 
 GIB = 2**30
 

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from index_data import build_video_index, standard_emb
 
-from clipbert.index import VideoIndex
-from clipbert.index_files import IDS_FILE, INDEX_FILE, INFO_FILE
+from clipbert.retrieval.index import VideoIndex
+from clipbert.retrieval.index_files import IDS_FILE, INDEX_FILE, INFO_FILE
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import faiss
 import numpy as np
 from index_data import synthetic_videos, write_emb
 
-from clipbert import embeddings as ve
-from clipbert.index import VideoIndex
-from clipbert.index_build import build_index, train_empty_index
-from clipbert.index_tuning import make_queries
+from clipbert.retrieval import embeddings as ve
+from clipbert.retrieval.index import VideoIndex
+from clipbert.retrieval.index_build import build_index, train_empty_index
+from clipbert.retrieval.index_tuning import make_queries
 
 
 def test_sharded_build_equals_single_process(tmp_path, ray_local):

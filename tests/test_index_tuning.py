@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from index_data import normalise
 
-from clipbert.index_build import build_index
-from clipbert.index_tuning import exact_search, make_queries, recall_of, tune_search
+from clipbert.retrieval.index_build import build_index
+from clipbert.retrieval.index_tuning import exact_search, make_queries, recall_of, tune_search
 
 
 def test_tune_search_reaches_target_on_ivf():

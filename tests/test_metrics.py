@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, two_stage_t2v_r1
+from clipbert.training.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, two_stage_t2v_r1
 
 
 def test_retrieval_perfect_diagonal():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clipbert.config import ModelConfig, OptimConfig, load_config
-from clipbert.model import (
+from clipbert.model.clipbert import (
     ClipBert,
     ClipBertOutput,
     aggregate_clip_embeddings,
@@ -22,7 +22,7 @@ from clipbert.model import (
     qa_loss,
     task_loss,
 )
-from clipbert.optim import build_optimizer
+from clipbert.model.optim import build_optimizer
 
 S = 64  # 64 px -> 2x2 grid with the micro ResNet below
 

@@ -4,8 +4,8 @@ import pytest
 from test_model import micro_cfg
 
 from clipbert.config import OptimConfig
-from clipbert.model import ClipBert
-from clipbert.optim import apply_lr, build_optimizer, lr_schedule, param_groups
+from clipbert.model.clipbert import ClipBert
+from clipbert.model.optim import apply_lr, build_optimizer, lr_schedule, param_groups
 
 
 def test_param_groups_match_original_layout():

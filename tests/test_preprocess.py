@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipbert import frames as fs
+from clipbert.data import frames as fs
 from clipbert.synthetic.encode import write_video
 from jobs import preprocess as job
 from pipelines.decode import resize_frame, stored_indices

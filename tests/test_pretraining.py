@@ -1,4 +1,4 @@
-"""Tests of clipbert/pretraining.py (image-text pretraining: caption groups, MLM masking, batches, loss, evaluation),
+"""Tests of clipbert/training/pretraining.py (image-text pretraining: caption groups, MLM masking, batches, loss, evaluation),
 its model heads, and a pretraining checkpoint initialising finetuning."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipbert import training
-from clipbert.checkpoint import build_model, save_checkpoint
+from clipbert.training import run as training
+from clipbert.model.checkpoint import build_model, save_checkpoint
 from clipbert.config import config_to_dict, load_config
-from clipbert.data import Row, load_annotations
-from clipbert.evaluation import evaluate, metric_names
-from clipbert.optim import build_optimizer
-from clipbert.preflight import InputError, check_init_checkpoint
-from clipbert.pretraining import (
+from clipbert.data.annotations import Row, load_annotations
+from clipbert.training.evaluation import evaluate, metric_names
+from clipbert.model.optim import build_optimizer
+from clipbert.training.preflight import InputError, check_init_checkpoint
+from clipbert.training.pretraining import (
     IGNORE,
     METRICS,
     group_captions,
@@ -24,7 +24,7 @@ from clipbert.pretraining import (
     mask_tokens,
     pretrain_loss,
 )
-from clipbert.text import load_tokenizer
+from clipbert.data.text import load_tokenizer
 
 
 def _cfg(root, *overrides: str):

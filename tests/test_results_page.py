@@ -1,4 +1,4 @@
-"""Tests for the results page renderer (clipbert/results_page.py): structure, escaping, frame sources."""
+"""Tests for the results page renderer (clipbert/retrieval/results_page.py): structure, escaping, frame sources."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import numpy as np
 
-from clipbert.frames import FrameStore
-from clipbert.results_page import QueryResult, inline_src, render_page, url_src
-from clipbert.search import Hit
+from clipbert.data.frames import FrameStore
+from clipbert.retrieval.results_page import QueryResult, inline_src, render_page, url_src
+from clipbert.retrieval.search import Hit
 
 
 class _Elements(HTMLParser):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clipbert.config import load_config
-from clipbert.sampling import ClipIndices, clip_length, dense_clips, indices_for_config, sample_clips
+from clipbert.data.sampling import ClipIndices, clip_length, dense_clips, indices_for_config, sample_clips
 
 
 @pytest.mark.parametrize("stored_fps, T, clip_fps, expected", [

@@ -1,12 +1,12 @@
-"""Tests for clipbert.scoring: candidate-pair cross-encoder scores equal the all-pairs ones, dual embeddings."""
+"""Tests for clipbert.model.scoring: candidate-pair cross-encoder scores equal the all-pairs ones, dual embeddings."""
 
 import numpy as np
 import pytest
 import torch
 
-from clipbert.checkpoint import build_model
-from clipbert.evaluation import retrieval_scores
-from clipbert.scoring import chunks, clip_embeddings, pair_scores, text_embeddings, tokenize_texts, video_grids
+from clipbert.model.checkpoint import build_model
+from clipbert.training.evaluation import retrieval_scores
+from clipbert.model.scoring import chunks, clip_embeddings, pair_scores, text_embeddings, tokenize_texts, video_grids
 
 CPU = torch.device("cpu")
 CAPTIONS = ["a red circle moves left", "a blue square moves up", "a green cross moves down"]

@@ -1,4 +1,4 @@
-"""Tests for two-stage search (clipbert/search.py, search_eval.py, jobs/search.py, jobs/build_index.py)."""
+"""Tests for two-stage search (clipbert/retrieval/search.py, search_eval.py, jobs/search.py, jobs/build_index.py)."""
 
 import dataclasses
 import json
@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import tiny_checkpoint, tiny_index
 
-from clipbert.checkpoint import build_model, checkpoint_hash, save_checkpoint
-from clipbert.evaluation import retrieval_scores
-from clipbert.index import VideoIndex
-from clipbert.search import Searcher
-from clipbert.search_eval import ROW_KEYS, evaluate_search
+from clipbert.model.checkpoint import build_model, checkpoint_hash, save_checkpoint
+from clipbert.training.evaluation import retrieval_scores
+from clipbert.retrieval.index import VideoIndex
+from clipbert.retrieval.search import Searcher
+from clipbert.retrieval.search_eval import ROW_KEYS, evaluate_search
 
 CPU = torch.device("cpu")
 N_CLIPS = 3
@@ -188,7 +188,7 @@ def test_search_job_writes_a_self_contained_contact_sheet(built, tmp_path, capsy
     import base64
     import re
 
-    from clipbert.frames import FrameStore
+    from clipbert.data.frames import FrameStore
     from jobs.search import main
 
     searcher, _, _, videos, tmp = built

@@ -1,4 +1,4 @@
-"""Tests for the search service (clipbert/service.py, jobs/serve.py): validation, the JSON API, frames, the page
+"""Tests for the search service (clipbert/retrieval/service.py, jobs/serve.py): validation, the JSON API, frames, the page
 in headless Chromium.
 
 The service runs as `python jobs/serve.py` in a subprocess (its own local Ray) over an index whose video ids
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from conftest import build_frame_store, pick_free_port, tiny_checkpoint, tiny_index
 
-from clipbert import frames as fs
-from clipbert.service import MAX_QUERY_CHARS, ApiError, check_int, check_query, check_video_id
+from clipbert.data import frames as fs
+from clipbert.retrieval.service import MAX_QUERY_CHARS, ApiError, check_int, check_query, check_video_id
 
 REPO = Path(__file__).resolve().parent.parent
 N_CLIPS, T = 3, 2  # the index's clips per video; the preset's frames per clip

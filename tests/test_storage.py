@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clipbert import storage
-from clipbert.training import check_storage
+from clipbert.training.run import check_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "clipbert-test"

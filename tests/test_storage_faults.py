@@ -18,7 +18,7 @@ from drills import (
     write_videos,
 )
 
-from clipbert import frames as fs
+from clipbert.data import frames as fs
 from pipelines.preprocess import FrameStoreSink, decode_batch, list_videos
 
 
@@ -55,7 +55,7 @@ def _sink_write(videos, root, shard_prefix="r000"):
 def test_a_full_lmdb_map_is_grown_and_the_shard_stores_everything(videos, clean, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(fs, "MAP_SIZE", 32 * 1024)  # a few frames fill it
     out = tmp_path / "store"
-    with caplog.at_level("INFO", logger="clipbert.frames"):
+    with caplog.at_level("INFO", logger="clipbert.data.frames"):
         _sink_write(videos, out)
     assert "LMDB map of shard r000-00000 full: grown to" in caplog.text
     fs.write_manifest(out, fs.read_shard_rows(out))
@@ -85,7 +85,7 @@ def _fake_run(tiny_corpus, run, steps):
     import torch
     from conftest import tiny_checkpoint
 
-    from clipbert.train_loop import STATE_NAME
+    from clipbert.training.loop import STATE_NAME
 
     results = []
     for step in steps:
@@ -102,9 +102,9 @@ def _fake_run(tiny_corpus, run, steps):
 
 @pytest.mark.parametrize("damage", ["truncated_weights", "garbage_train_state", "missing_config"])
 def test_a_corrupt_newest_checkpoint_is_dropped_with_a_warning(tiny_corpus, tmp_path, caplog, damage):
-    """What a resuming run does first (clipbert/training.py): the newest checkpoint cannot be loaded, so it is moved
+    """What a resuming run does first (clipbert/training/run.py): the newest checkpoint cannot be loaded, so it is moved
     aside and the snapshot's latest becomes the previous good one (test_fault_drills.py runs it end to end)."""
-    from clipbert import training
+    from clipbert.training import run as training
 
     run = tmp_path / "run"
     _fake_run(tiny_corpus, run, [2, 4, 5])
@@ -116,9 +116,9 @@ def test_a_corrupt_newest_checkpoint_is_dropped_with_a_warning(tiny_corpus, tmp_
         (newest / "train_state.pt").write_bytes(b"\0" * 100)
     else:
         (newest / "config.json").unlink()
-    with caplog.at_level("WARNING", logger="clipbert.training"):
+    with caplog.at_level("WARNING", logger="clipbert.training.run"):
         assert training.drop_corrupt_checkpoints(str(tmp_path), "run") == ["checkpoint_0005"]
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "clipbert.training"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "clipbert.training.run"]
     assert warning.startswith(f"checkpoint checkpoint_0005 of run {run} is corrupt (")
     assert warning.endswith("moved to corrupt_checkpoints/; resuming from checkpoint_0004")
     state = snapshot(run)
@@ -130,15 +130,15 @@ def test_a_corrupt_newest_checkpoint_is_dropped_with_a_warning(tiny_corpus, tmp_
 
 
 def test_when_every_checkpoint_is_corrupt_the_run_starts_over_and_says_so(tiny_corpus, tmp_path, caplog):
-    from clipbert import training
+    from clipbert.training import run as training
 
     run = tmp_path / "run"
     _fake_run(tiny_corpus, run, [2, 4])
     for name in ("checkpoint_0002", "checkpoint_0004"):
         (run / name / "model.safetensors").write_bytes(b"not safetensors")
-    with caplog.at_level("WARNING", logger="clipbert.training"):
+    with caplog.at_level("WARNING", logger="clipbert.training.run"):
         assert training.drop_corrupt_checkpoints(str(tmp_path), "run") == ["checkpoint_0004", "checkpoint_0002"]
-    last = [r.getMessage() for r in caplog.records if r.name == "clipbert.training"][-1]
+    last = [r.getMessage() for r in caplog.records if r.name == "clipbert.training.run"][-1]
     assert last.endswith("resuming from the start (no other checkpoint is left)")
     assert snapshot(run)["latest_checkpoint_result"] is None and snapshot(run)["checkpoint_results"] == []
     assert training.drop_corrupt_checkpoints(str(tmp_path / "new"), "run") == []  # a new run has no snapshot

@@ -1,4 +1,4 @@
-"""Tests of clipbert/sweep.py without Ray: the resource plan, the checks made before a sweep starts, resume checks.
+"""Tests of clipbert/sweep/run.py without Ray: the resource plan, the checks made before a sweep starts, resume checks.
 The sweeps themselves run in test_tune_job.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from clipbert.config import load_config_tree
-from clipbert.sweep import (
+from clipbert.sweep.run import (
     SweepSpec,
     check_same_sweep,
     count_trials,
@@ -17,7 +17,7 @@ from clipbert.sweep import (
     prepare_sweep,
     trial_share,
 )
-from clipbert.sweep_space import Dimension
+from clipbert.sweep.space import Dimension
 
 
 @pytest.mark.parametrize("cluster, workers, gpu, requested, trials, expected", [
@@ -103,7 +103,7 @@ def test_searchers_are_seeded_and_carry_the_concurrency_limit():
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from clipbert.sweep import make_searcher
+    from clipbert.sweep.run import make_searcher
 
     random = make_searcher(SweepSpec(config="c", space="s", seed=3), max_concurrent=2)
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 2
@@ -113,7 +113,7 @@ def test_searchers_are_seeded_and_carry_the_concurrency_limit():
 def test_asha_never_stops_a_trial_at_its_last_evaluation(tiny_corpus, tmp_path):
     from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-    from clipbert.sweep import make_scheduler
+    from clipbert.sweep.run import make_scheduler
 
     prepared = prepare_sweep(_spec(tiny_corpus, tmp_path, "optim.lr: {choice: [1.0e-4]}\n", grace_period=2))
     scheduler = make_scheduler(prepared)

@@ -1,4 +1,4 @@
-"""Tests of clipbert/sweep_report.py: ranking, the trials table, best.yaml and best/, the plot, from made-up trials."""
+"""Tests of clipbert/sweep/report.py: ranking, the trials table, best.yaml and best/, the plot, from made-up trials."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from clipbert.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from clipbert.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from clipbert.config import config_to_dict, load_config
-from clipbert.sweep_report import TrialRecord, format_table, ranked, trials_table, write_outputs
+from clipbert.sweep.report import TrialRecord, format_table, ranked, trials_table, write_outputs
 
 
 def _finished(tmp_path, trial_id: str, lr: float, curve: list[tuple[int, float]], test_r1: float) -> TrialRecord:

@@ -1,11 +1,11 @@
-"""Tests of clipbert/sweep_space.py: parsing and checking a space, applying a trial's values, schedule corners."""
+"""Tests of clipbert/sweep/space.py: parsing and checking a space, applying a trial's values, schedule corners."""
 
 from __future__ import annotations
 
 import pytest
 
 from clipbert.config import load_config_tree
-from clipbert.sweep_space import Dimension, apply_params, load_space, parse_dimension, schedule_corners, trial_config
+from clipbert.sweep.space import Dimension, apply_params, load_space, parse_dimension, schedule_corners, trial_config
 
 
 def test_space_file_parses_every_distribution(tmp_path):

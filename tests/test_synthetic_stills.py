@@ -9,7 +9,7 @@ import numpy as np
 
 from clipbert.synthetic.stills import StillShape, StillSpec, nearest_edge, render_still, synthesize_images
 from clipbert.synthetic.vocabulary import COLORS
-from clipbert.text import load_tokenizer
+from clipbert.data.text import load_tokenizer
 
 
 def _digest(root) -> str:

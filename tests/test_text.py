@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipbert.text import SPECIAL_TOKENS, load_tokenizer, tokenize, write_vocab
+from clipbert.data.text import SPECIAL_TOKENS, load_tokenizer, tokenize, write_vocab
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipbert.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
-from clipbert.data import load_annotations
-from clipbert.evaluation import evaluate
+from clipbert.model.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.data.annotations import load_annotations
+from clipbert.training.evaluation import evaluate
 from clipbert.ray_init import STATE_API_ENV
 from jobs import train as job
 
@@ -75,8 +75,8 @@ def test_spread_run_survives_a_killed_worker_then_resumes(ray_two_nodes, tiny_co
     then continues from step 5 to step 10. (One scenario, so that the slow runs stay few.)"""
     from ray.util.state import list_actors
 
-    from clipbert.train_loop import STATE_NAME
-    from clipbert.training import FAULT_ENV
+    from clipbert.training.loop import STATE_NAME
+    from clipbert.training.run import FAULT_ENV
 
     args = _args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, "--name", "spread",
                  "--set", "train.placement_strategy=SPREAD", "--set", "train.max_failures=1",

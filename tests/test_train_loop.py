@@ -1,4 +1,4 @@
-"""Tests of clipbert/train_loop.py (the per-worker loop's thread count and loss); the loop itself runs in
+"""Tests of clipbert/training/loop.py (the per-worker loop's thread count and loss); the loop itself runs in
 test_train_job.py's Ray Train runs."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipbert import train_loop
-from clipbert.batches import make_batch
-from clipbert.checkpoint import build_model
+from clipbert.training import loop as train_loop
+from clipbert.data.batches import make_batch
+from clipbert.model.checkpoint import build_model
 from clipbert.config import config_to_dict
-from clipbert.data import load_annotations
+from clipbert.data.annotations import load_annotations
 
 
 @pytest.mark.parametrize("configured, local_workers, cores, expected", [

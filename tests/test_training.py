@@ -1,4 +1,4 @@
-"""Tests of clipbert/training.py (resource plan, schedule, task preparation, trainer, test split) and clipbert/batches.py.
+"""Tests of clipbert/training/run.py (resource plan, schedule, task preparation, trainer, test split) and clipbert/data/batches.py.
 
 The Ray Train runs themselves (2 workers on two nodes, a killed worker, resume) are in test_train_job.py.
 """
@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from clipbert import training
-from clipbert.batches import BATCH_KEYS, draw_negatives, make_batch, video_key
+from clipbert.training import run as training
+from clipbert.data.batches import BATCH_KEYS, draw_negatives, make_batch, video_key
 from clipbert.config import config_to_dict, load_config
-from clipbert.data import load_annotations, load_ans2label
-from clipbert.text import load_tokenizer, tokenize
+from clipbert.data.annotations import load_annotations, load_ans2label
+from clipbert.data.text import load_tokenizer, tokenize
 
 
 # ------------------------------------------------------------------------------------------- resource plan
@@ -247,7 +247,7 @@ def test_fixed_cpus_per_worker_skips_the_placement_check(ray_local, tiny_corpus)
 def test_a_trial_config_reaches_the_data_stage_the_schedule_and_the_workers(ray_local, tiny_corpus):
     """What a sweep trial sets (sampling, batch size, epochs, model) is what its clips, steps and workers use."""
     from clipbert.config import load_config_tree
-    from clipbert.sweep_space import trial_config
+    from clipbert.sweep.space import trial_config
 
     tree = load_config_tree("synthetic_tiny", [f"data.root={tiny_corpus.root}", "train.num_workers=1"])
     cfg = trial_config(tree, {"sampling.train_n_clips": 3, "sampling.frames_per_clip": 1, "optim.batch_size": 4,
@@ -268,7 +268,7 @@ def _break_input(corpus, tmp_path, what: str) -> list[str]:
 
     import torch
 
-    from clipbert.frames import SHARDS_DIR
+    from clipbert.data.frames import SHARDS_DIR
 
     if what == "garbage_pt":
         (tmp_path / "w.pt").write_bytes(b"not a checkpoint")

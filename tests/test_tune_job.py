@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipbert.checkpoint import WEIGHTS_NAME
+from clipbert.model.checkpoint import WEIGHTS_NAME
 from clipbert.config import load_config
-from clipbert.training import prepare_task
+from clipbert.training.run import prepare_task
 from jobs import tune as job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ Layout written by `synthesize_corpus(out_dir, ...)`:
     out_dir/txt/qa_{train,val,test}.jsonl          {"video_id", "question", "answer", "answer_type"}
     out_dir/txt/qa_ans2label.json                  {answer: label} from the train answers
     out_dir/txt/vocab_words.txt                    every token the templates can produce, one per line
-    out_dir/tokenizer/vocab.txt                    a word-piece vocabulary of those tokens (clipbert.text)
+    out_dir/tokenizer/vocab.txt                    a word-piece vocabulary of those tokens (clipbert.data.text)
     out_dir/corpus.json                            generator options and per-video metadata
 
 The same options and seed give the same bytes, whatever the number of worker processes.
@@ -31,7 +31,7 @@ from clipbert.synthetic.annotations import build_annotations, write_annotations
 from clipbert.synthetic.encode import encode_all
 from clipbert.synthetic.vocabulary import vocabulary_words
 from clipbert.synthetic.world import DEFAULT_FPS, DEFAULT_SIZES, SPLITS, Event, SynthesisConfig, VideoSpec, draw_specs
-from clipbert.text import write_vocab
+from clipbert.data.text import write_vocab
 
 logger = logging.getLogger(__name__)
 

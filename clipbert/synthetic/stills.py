@@ -40,7 +40,7 @@ from clipbert.synthetic.vocabulary import (
     vocabulary_words,
 )
 from clipbert.synthetic.world import DEFAULT_SIZES
-from clipbert.text import write_vocab
+from clipbert.data.text import write_vocab
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The per-worker Ray Train loop: sparse-clip finetuning with AMP, DDP, grad accumulation, evaluation and checkpoints.
 
-``train_loop_per_worker`` runs in every Ray Train worker; the driver (clipbert/training.py) builds its config.
+``train_loop_per_worker`` runs in every Ray Train worker; the driver (clipbert/training/run.py) builds its config.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from clipbert import storage
-from clipbert.checkpoint import WEIGHTS_NAME, build_model, save_checkpoint
+from clipbert.model.checkpoint import WEIGHTS_NAME, build_model, save_checkpoint
 from clipbert.config import Config, config_from_dict
-from clipbert.evaluation import evaluate
-from clipbert.losses import contrastive_loss, task_loss
-from clipbert.optim import apply_lr, build_optimizer
-from clipbert.pretraining import pretrain_loss
-from clipbert.scoring import autocast
+from clipbert.training.evaluation import evaluate
+from clipbert.model.losses import contrastive_loss, task_loss
+from clipbert.model.optim import apply_lr, build_optimizer
+from clipbert.training.pretraining import pretrain_loss
+from clipbert.model.scoring import autocast
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""Hyperparameter sweeps on Ray Tune: every trial is one training run (clipbert.training) built from one Config.
+"""Hyperparameter sweeps on Ray Tune: every trial is one training run (clipbert.training.run) built from one Config.
 
 ``prepare_sweep`` checks everything on the driver before Ray does anything: the base config, the space
-(clipbert.sweep_space), the metric (one the training loop reports for this task), the storage path, the annotations.
+(clipbert.sweep.space), the metric (one the training loop reports for this task), the storage path, the annotations.
 ``plan_sweep`` sizes concurrent trials x workers x (CPU, GPU) against the cluster so that a trial never waits for
 resources that cannot come (each trial plans its workers and data stage against its own share). ``run_sweep``
 runs Ray Train V2 inside Tune (a Tune function per trial that builds and fits a TorchTrainer whose reports reach
@@ -10,7 +10,7 @@ Tune through ``TuneReportCallback``), stops weak trials with ASHA on the validat
 
 Layout of STORAGE/NAME/: Tune's own state and one folder per trial (its reported results), ``runs/<trial_id>/``
 (each trial's Train run: checkpoints, best/, final_metrics.json with val and test), ``sweep.json`` (what the
-sweep was started with) and the outputs written by clipbert.sweep_report.
+sweep was started with) and the outputs written by clipbert.sweep.report.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from clipbert.config import DATA_PATH_KEYS, Config, config_from_tree, load_config_tree
-from clipbert.evaluation import metric_names
-from clipbert.sweep_report import TrialRecord, write_outputs
-from clipbert.sweep_space import Dimension, load_space, schedule_corners, to_tune, trial_config
-from clipbert.train_loop import LOOP_METRICS
-from clipbert.training import (
+from clipbert.training.evaluation import metric_names
+from clipbert.sweep.report import TrialRecord, write_outputs
+from clipbert.sweep.space import Dimension, load_space, schedule_corners, to_tune, trial_config
+from clipbert.training.loop import LOOP_METRICS
+from clipbert.training.run import (
     TaskData,
     check_answers,
     check_storage,
@@ -51,7 +51,7 @@ class SweepSpec:
     """What `jobs/tune.py` was asked for."""
 
     config: str  # preset name or YAML path
-    space: str  # space YAML path (clipbert.sweep_space)
+    space: str  # space YAML path (clipbert.sweep.space)
     overrides: list[str] = dataclasses.field(default_factory=list)  # section.key=value, applied to every trial
     num_samples: int = 8  # draws of the space (each grid point is tried num_samples times)
     max_concurrent: int | None = None  # None = as many trials as fit the cluster

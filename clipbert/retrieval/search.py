@@ -20,10 +20,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clipbert.checkpoint import checkpoint_hash, load_checkpoint, rerank_weight
-from clipbert.index import VideoIndex
-from clipbert.scoring import fuse, pair_scores, text_embeddings, tokenize_texts
-from clipbert.text import cached_tokenizer
+from clipbert.model.checkpoint import checkpoint_hash, load_checkpoint, rerank_weight
+from clipbert.retrieval.index import VideoIndex
+from clipbert.model.scoring import fuse, pair_scores, text_embeddings, tokenize_texts
+from clipbert.data.text import cached_tokenizer
 
 logger = logging.getLogger(__name__)
 

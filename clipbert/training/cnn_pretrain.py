@@ -27,11 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from clipbert.checkpoint import WEIGHTS_NAME
-from clipbert.clips import stored_frames
+from clipbert.model.checkpoint import WEIGHTS_NAME
+from clipbert.data.clips import stored_frames
 from clipbert.config import ModelConfig
-from clipbert.frames import FrameStore
-from clipbert.model import GridFeatBackbone
+from clipbert.data.frames import FrameStore
+from clipbert.model.clipbert import GridFeatBackbone
 from clipbert.synthetic.vocabulary import ATTRIBUTES
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Image-text pretraining, as the original's ``ClipBertForPreTraining``: masked language modelling + image-text matching.
 
-Data: caption files in the original's COCO / VG formats (clipbert.data ``coco_captions`` / ``vg_captions``: one
+Data: caption files in the original's COCO / VG formats (clipbert.data.annotations ``coco_captions`` / ``vg_captions``: one
 ``{"coco_id" | "vg_id", "caption"}`` per line); the images live in the frame store as 1-frame videos, so an image
 is a 1-frame clip. ``group_captions`` turns the captions into rows of ``data.caption_group_size`` captions of one
 image, which share one CNN pass (the original's ``mk_input_group``, group size 2).
@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipbert.batches import draw_negatives, video_key
-from clipbert.clips import open_store, video_clips
+from clipbert.data.batches import draw_negatives, video_key
+from clipbert.data.clips import open_store, video_clips
 from clipbert.config import Config, config_from_dict, config_to_dict
-from clipbert.data import Row
-from clipbert.losses import consensus, contrastive_loss, itm_loss
-from clipbert.scoring import autocast
-from clipbert.text import cached_tokenizer, tokenize
+from clipbert.data.annotations import Row
+from clipbert.model.losses import consensus, contrastive_loss, itm_loss
+from clipbert.model.scoring import autocast
+from clipbert.data.text import cached_tokenizer, tokenize
 
 IGNORE = -1  # mlm_labels value of a position that is not predicted
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the masked positions: [MASK], a random token; the rest stay unchanged

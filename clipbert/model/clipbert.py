@@ -10,7 +10,7 @@ S = img_size (``clips.resize_and_pad``); texts (B, K, L) = K texts per video (re
 MC: one per option; QA: 1). The CNN runs once per clip frame for all B*N*T frames in one call; visual
 tokens are expanded (no copy) across the K texts and text embeddings across the N clips before one BERT
 pass over all B*K*N (text, clip) sequences. ``forward`` returns per-clip logits (B, K, N, C); consensus
-over N and the losses live in clipbert.losses (re-exported here).
+over N and the losses live in clipbert.model.losses (re-exported here).
 
 Beyond the original: contrastive projection heads (``encode_text``, ``encode_video``) for a FAISS first
 stage. A clip embedding is ``video_proj(mean of the clip's grid tokens)``, L2-normalised; a video embedding
@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
 
 from clipbert.config import ModelConfig
-from clipbert.losses import (  # noqa: F401  (re-exported: the model's public API)
+from clipbert.model.losses import (  # noqa: F401  (re-exported: the model's public API)
     consensus,
     contrastive_loss,
     itm_labels,
@@ -431,7 +431,7 @@ class ClipBert(nn.Module):
             raise ValueError(f"{input_ids.shape[0]} text rows for {batch} videos")
         if input_ids.shape[-1] > self.cfg.max_position_embeddings:
             raise ValueError(f"text length {input_ids.shape[-1]} exceeds max_position_embeddings "
-                             f"{self.cfg.max_position_embeddings}; truncate with clipbert.text.tokenize")
+                             f"{self.cfg.max_position_embeddings}; truncate with clipbert.data.text.tokenize")
 
     def _need_contrastive(self) -> None:
         if not self.cfg.contrastive:

@@ -9,7 +9,7 @@ trained with. The checkpoint chosen on validation is the export, else the best k
 - ``train_fit``: R@1 of both encoders on FIT_VIDEOS training videos (near the test figures = underfitting);
 - ``grounding``: on test pairs of videos that differ in one attribute only, how often each encoder ranks the right
   video higher (chance 50); ``colour_only_r1``: the test R@1 that colour alone gives on the corpus;
-- ``cnn_probe``: a linear probe of the CNN per attribute (clipbert.probes), before finetuning and after.
+- ``cnn_probe``: a linear probe of the CNN per attribute (clipbert.training.probes), before finetuning and after.
 
 ``fill_run_diagnostics`` and ``fill_word_grounding`` add the figures a record of a run lacks, from the run's directory
 when it still holds the run the record describes.
@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipbert.checkpoint import build_model, load_checkpoint
+from clipbert.model.checkpoint import build_model, load_checkpoint
 from clipbert.config import Config, load_config
-from clipbert.data import retrieval_eval_lists
-from clipbert.evaluation import evaluate, retrieval_scores
-from clipbert.model import ClipBert
-from clipbert.probes import event_clips, linear_probe, word_grounding
+from clipbert.data.annotations import retrieval_eval_lists
+from clipbert.training.evaluation import evaluate, retrieval_scores
+from clipbert.model.clipbert import ClipBert
+from clipbert.training.probes import event_clips, linear_probe, word_grounding
 from clipbert.synthetic.corpus import load_corpus
 from clipbert.synthetic.vocabulary import ATTRIBUTES
-from clipbert.training import prepare_task
+from clipbert.training.run import prepare_task
 
 FIT_KEYS = ("t2v_r1", "itc_t2v_r1")  # also scored on training videos (train_fit)
 FIT_VIDEOS = 100  # as many training videos as a 100-video test split has, so that R@1 is over as many candidates
@@ -190,7 +190,7 @@ def fill_run_diagnostics(name: str, record: dict[str, Any], run_dir: Path, sets:
 
 
 def fill_word_grounding(name: str, pretrain: dict[str, Any], pretrain_dir: Path, stills: Path) -> bool:
-    """Add an image-text pretraining's missing word grounding (clipbert.probes.word_grounding on the stills it
+    """Add an image-text pretraining's missing word grounding (clipbert.training.probes.word_grounding on the stills it
     pretrained on) from its run in pretrain_dir; False when it was there already or the run there is another one."""
     if pretrain.get("word_grounding") is not None:
         return False

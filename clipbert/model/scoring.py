@@ -16,11 +16,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from clipbert.clips import video_batch
+from clipbert.data.clips import video_batch
 from clipbert.config import Config
-from clipbert.losses import itm_margins
-from clipbert.model import ClipBert, aggregate_clip_embeddings
-from clipbert.text import cached_tokenizer, tokenize
+from clipbert.model.losses import itm_margins
+from clipbert.model.clipbert import ClipBert, aggregate_clip_embeddings
+from clipbert.data.text import cached_tokenizer, tokenize
 
 
 def autocast(device: torch.device, precision: str):

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from clipbert.embeddings import Gallery, check_choice
-from clipbert.index_choice import MIN_POINTS_PER_CENTROID
+from clipbert.retrieval.embeddings import Gallery, check_choice
+from clipbert.retrieval.index_choice import MIN_POINTS_PER_CENTROID
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from clipbert.config import Config
-from clipbert.frames import SHARDS_DIR, FrameStore
+from clipbert.data.frames import SHARDS_DIR, FrameStore
 
 ANNOTATION_KEYS = ("train_file", "val_file", "test_file", "val_mc_file", "test_mc_file", "ans2label_file")
 REQUIRED_ANNOTATIONS = ("train_file", "val_file")
@@ -68,7 +68,7 @@ def check_frame_store(root: str) -> FrameStore:
 
 def check_tokenizer(path: str) -> None:
     """A tokenizer directory or vocab.txt that loads."""
-    from clipbert.text import load_tokenizer
+    from clipbert.data.text import load_tokenizer
 
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"data.tokenizer: no such file or directory: {path!r}")
@@ -121,7 +121,7 @@ def check_weights(cfg: Config) -> None:
 def check_init_checkpoint(path: str, cfg: Config | None = None) -> None:
     """One of our checkpoint directories or an original ClipBERT .pt whose tensors map onto the model; with ``cfg``,
     one of our checkpoints must also fit the configured model's shapes (checked on a weightless "meta" model)."""
-    from clipbert.checkpoint import WEIGHTS_NAME, map_original_key, mismatch_message, read_state_dict, shape_mismatches
+    from clipbert.model.checkpoint import WEIGHTS_NAME, map_original_key, mismatch_message, read_state_dict, shape_mismatches
 
     key, p = "model.init_checkpoint", Path(path)
     if not p.exists():
@@ -138,7 +138,7 @@ def check_init_checkpoint(path: str, cfg: Config | None = None) -> None:
         raise InputError(f"{key}: {weights}: none of its {len(state)} tensors is a ClipBERT weight "
                          f"(e.g. {next(iter(state))!r})")
     if p.is_dir() and cfg is not None:
-        from clipbert.model import ClipBert
+        from clipbert.model.clipbert import ClipBert
 
         with torch.device("meta"):
             targets = ClipBert(cfg.model).state_dict()

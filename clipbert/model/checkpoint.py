@@ -36,7 +36,7 @@ from torch import nn
 
 from clipbert.config import Config, ModelConfig, config_from_dict, config_to_dict
 from clipbert.config_renames import translate_renamed_keys
-from clipbert.model import ClipBert
+from clipbert.model.clipbert import ClipBert
 
 logger = logging.getLogger(__name__)
 

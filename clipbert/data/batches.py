@@ -1,4 +1,4 @@
-"""CPU stage of the training data path: annotation rows -> sampled clips (clipbert.clips) and tokenised texts.
+"""CPU stage of the training data path: annotation rows -> sampled clips (clipbert.data.clips) and tokenised texts.
 
 ``make_batch`` runs inside Ray Data ``map_batches`` tasks (and directly in tests). A batch is a dict of
 numpy arrays with fixed keys:
@@ -24,10 +24,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clipbert.caption_swaps import SwapTable, build_swap_table, swap_negatives
-from clipbert.clips import open_store, video_clips
+from clipbert.data.caption_swaps import SwapTable, build_swap_table, swap_negatives
+from clipbert.data.clips import open_store, video_clips
 from clipbert.config import config_from_dict
-from clipbert.text import cached_tokenizer, tokenize
+from clipbert.data.text import cached_tokenizer, tokenize
 
 BATCH_KEYS = ("frames", "input_ids", "attention_mask", "label", "example_id", "video_key")
 
@@ -68,7 +68,7 @@ def _swap_pool(pool_videos: np.ndarray, pool_captions: np.ndarray) -> tuple[Swap
 
 def draw_swaps(video_ids: Sequence[str], positives: Sequence[str], pool_videos: np.ndarray,
                pool_captions: np.ndarray, k: int, rng: np.random.Generator) -> list[list[str]]:
-    """For each video, k one-word swaps of its positive (clipbert.caption_swaps), interchangeable words learned from
+    """For each video, k one-word swaps of its positive (clipbert.data.caption_swaps), interchangeable words learned from
     the pool's captions; a caption with fewer swappable words is topped up with random captions of other videos."""
     table, own = _swap_pool(pool_videos, pool_captions)
     out = []
@@ -91,7 +91,7 @@ def make_batch(
     """Map annotation rows (columns ``example_id, video_id, texts, label``) to a model batch (BATCH_KEYS).
 
     Args:
-        batch: a column batch of annotation rows (clipbert.data row schema).
+        batch: a column batch of annotation rows (clipbert.data.annotations row schema).
         cfg: the Config as a dict (config_to_dict), as Ray ships it.
         train: random clips (and retrieval negatives) when True, uniform inference clips when False.
         negatives: (video_ids, captions) of every training caption: the pool retrieval negatives come from;

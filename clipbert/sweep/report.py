@@ -1,5 +1,5 @@
 """A finished (or interrupted) sweep's outputs in STORAGE/NAME/: trials.parquet, best.yaml, best/, sweep.png, and the
-ranked table printed at the end. Imports no Ray: clipbert.sweep turns Tune's results into TrialRecords.
+ranked table printed at the end. Imports no Ray: clipbert.sweep.run turns Tune's results into TrialRecords.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from clipbert.checkpoint import CONFIG_NAME
+from clipbert.model.checkpoint import CONFIG_NAME
 from clipbert.config_renames import translate_renamed_keys
 
 logger = logging.getLogger(__name__)

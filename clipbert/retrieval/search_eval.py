@@ -18,13 +18,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipbert.config import CONTRASTIVE_LOGIT_SCALE
-from clipbert.data import load_annotations, retrieval_eval_lists
-from clipbert.embeddings import load_embeddings
-from clipbert.evaluation import retrieval_scores
-from clipbert.index import AGGREGATIONS, aggregate_clip_scores
-from clipbert.metrics import retrieval_metrics
-from clipbert.scoring import fuse
-from clipbert.search import Searcher
+from clipbert.data.annotations import load_annotations, retrieval_eval_lists
+from clipbert.retrieval.embeddings import load_embeddings
+from clipbert.training.evaluation import retrieval_scores
+from clipbert.retrieval.index import AGGREGATIONS, aggregate_clip_scores
+from clipbert.training.metrics import retrieval_metrics
+from clipbert.model.scoring import fuse
+from clipbert.retrieval.search import Searcher
 
 logger = logging.getLogger(__name__)
 

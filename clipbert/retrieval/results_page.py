@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from clipbert.clips import inference_indices
-from clipbert.frames import FrameStore
-from clipbert.search import Hit, Searcher
+from clipbert.data.clips import inference_indices
+from clipbert.data.frames import FrameStore
+from clipbert.retrieval.search import Hit, Searcher
 
 FrameSrc = Callable[[str, int], str]  # (video_id, stored frame index) -> the <img> src of that frame
 

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipbert.checkpoint import load_checkpoint
-from clipbert.clips import open_store, stored_frames, video_clips
+from clipbert.model.checkpoint import load_checkpoint
+from clipbert.data.clips import open_store, stored_frames, video_clips
 from clipbert.config import Config, load_config
-from clipbert.data import load_annotations
-from clipbert.model import ClipBert
+from clipbert.data.annotations import load_annotations
+from clipbert.model.clipbert import ClipBert
 from clipbert.synthetic.corpus import load_corpus
 from clipbert.synthetic.vocabulary import ATTRIBUTES
-from clipbert.text import cached_tokenizer, tokenize
+from clipbert.data.text import cached_tokenizer, tokenize
 
 Labels = list[tuple[str, ...]]  # one (colour, shape, direction) per clip
 EventClips = tuple[torch.Tensor, Labels]  # uint8 clips (M, 1, 2, 3, S, S) and their M labels

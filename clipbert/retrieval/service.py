@@ -30,9 +30,9 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException
 
-from clipbert.frames import MAX_KEY_BYTES, FrameStore
-from clipbert.results_page import QueryResult, clip_frames, render_page, url_src
-from clipbert.search import Hit, Searcher, merge_hits
+from clipbert.data.frames import MAX_KEY_BYTES, FrameStore
+from clipbert.retrieval.results_page import QueryResult, clip_frames, render_page, url_src
+from clipbert.retrieval.search import Hit, Searcher, merge_hits
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def build_app(index_dir: str, *, checkpoint: str | None = None, frame_store: str
 
 
 def app_builder(args: dict[str, str]) -> Application:
-    """For ``serve run clipbert.service:app_builder index_dir=DIR [rerank=10 replicas=1 num_cpus=0.5]``."""
+    """For ``serve run clipbert.retrieval.service:app_builder index_dir=DIR [rerank=10 replicas=1 num_cpus=0.5]``."""
     return build_app(args["index_dir"], checkpoint=args.get("checkpoint"), frame_store=args.get("frame_store"),
                      tokenizer=args.get("tokenizer"), rerank=int(args.get("rerank", 10)),
                      replicas=int(args.get("replicas", 1)), num_cpus=float(args.get("num_cpus", 0.5)))

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from clipbert.config import Config, SamplingConfig
-from clipbert.frames import FrameStore
-from clipbert.sampling import indices_for_config
+from clipbert.data.frames import FrameStore
+from clipbert.data.sampling import indices_for_config
 
 
 ROUNDINGS = ("truncate", "nearest")

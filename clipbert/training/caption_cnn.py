@@ -1,6 +1,6 @@
 """Caption-word pretraining of the CNN: each image predicts the words of its captions (captions only, no labels).
 
-Image-text pretraining (clipbert.pretraining: MLM + ITM) trains the CNN only through the cross-encoder. From random
+Image-text pretraining (clipbert.training.pretraining: MLM + ITM) trains the CNN only through the cross-encoder. From random
 weights that signal teaches the tiny CNN colour within minutes but not shape: a linear probe of its grid tells the
 synthetic shapes apart no better than at initialisation (bench/learn.py). This module gives the CNN a direct,
 weakly supervised signal first: a linear layer on the spatially max-pooled grid predicts the bag of words of the
@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clipbert.clips import open_store, stored_frames
-from clipbert.cnn_pretrain import save_cnn, train_steps
+from clipbert.data.clips import open_store, stored_frames
+from clipbert.training.cnn_pretrain import save_cnn, train_steps
 from clipbert.config import Config, ModelConfig
-from clipbert.data import load_annotations
-from clipbert.model import GridFeatBackbone
-from clipbert.text import cached_tokenizer
+from clipbert.data.annotations import load_annotations
+from clipbert.model.clipbert import GridFeatBackbone
+from clipbert.data.text import cached_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Dense-inference evaluation: N uniform clips per video, clip consensus, then retrieval / MC / QA metrics.
 
-Retrieval is scored as the original: every (caption, video) pair through the cross-encoder (clipbert.scoring),
+Retrieval is scored as the original: every (caption, video) pair through the cross-encoder (clipbert.model.scoring),
 but the CNN runs once per video rather than once per text batch. With contrastive heads, the dual-encoder
 scores are reported too (keys prefixed ``itc_``). Image-text pretraining reports ITM and MLM accuracy and loss on
-held-out captions (clipbert.pretraining).
+held-out captions (clipbert.training.pretraining).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from clipbert.clips import video_batch
+from clipbert.data.clips import video_batch
 from clipbert.config import Config
-from clipbert.data import Row, retrieval_eval_lists
-from clipbert.losses import predict
-from clipbert.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, text_to_video_ranks, two_stage_t2v_r1
-from clipbert.model import ClipBert
-from clipbert.pretraining import METRICS as PRETRAIN_METRICS
-from clipbert.pretraining import evaluate_pretrain
-from clipbert.scoring import (
+from clipbert.data.annotations import Row, retrieval_eval_lists
+from clipbert.model.losses import predict
+from clipbert.training.metrics import mc_accuracy, qa_accuracy, retrieval_metrics, text_to_video_ranks, two_stage_t2v_r1
+from clipbert.model.clipbert import ClipBert
+from clipbert.training.pretraining import METRICS as PRETRAIN_METRICS
+from clipbert.training.pretraining import evaluate_pretrain
+from clipbert.model.scoring import (
     FUSE_WEIGHTS,
     autocast,
     chunks,

@@ -1,13 +1,13 @@
 """Video search index: embedding shards -> a FAISS index chosen under a memory budget -> top-k videos per query.
 
-The vectors come from an embeddings directory (clipbert/embeddings.py); every vector is L2-normalised, so
+The vectors come from an embeddings directory (clipbert/retrieval/embeddings.py); every vector is L2-normalised, so
 inner product is cosine.
 
 Two granularities: ``video`` (one vector per video) and ``clips`` (one per clip; a query over-fetches clips,
 then scores every candidate video over all of its clips and aggregates with max / mean / LogSumExp, the clip
-consensus of clipbert/losses.py). Rows are sorted by (video_id, clip): row i of ``ids.parquet`` is FAISS id i.
-The choice of index is clipbert/index_choice.py, its build clipbert/index_build.py, its recall tuning
-clipbert/index_tuning.py and its files clipbert/index_files.py.
+consensus of clipbert/model/losses.py). Rows are sorted by (video_id, clip): row i of ``ids.parquet`` is FAISS id i.
+The choice of index is clipbert/retrieval/index_choice.py, its build clipbert/retrieval/index_build.py, its recall tuning
+clipbert/retrieval/index_tuning.py and its files clipbert/retrieval/index_files.py.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import pyarrow.compute as pc
 import torch
 
 from clipbert.config import CONTRASTIVE_LOGIT_SCALE
-from clipbert.embeddings import Gallery, check_choice, concat_ranges, open_gallery
-from clipbert.index_build import AddFn, build_index, enable_reconstruct, sample_rows, train_empty_index
-from clipbert.index_choice import choose_index, estimate_memory, parse_memory
-from clipbert.index_files import read_index_dir, save_index
-from clipbert.index_tuning import (RECALL_K, exact_search, exact_search_gallery, make_queries, set_search_parameter,
+from clipbert.retrieval.embeddings import Gallery, check_choice, concat_ranges, open_gallery
+from clipbert.retrieval.index_build import AddFn, build_index, enable_reconstruct, sample_rows, train_empty_index
+from clipbert.retrieval.index_choice import choose_index, estimate_memory, parse_memory
+from clipbert.retrieval.index_files import read_index_dir, save_index
+from clipbert.retrieval.index_tuning import (RECALL_K, exact_search, exact_search_gallery, make_queries, set_search_parameter,
                                    tune_search)
-from clipbert.losses import consensus
+from clipbert.model.losses import consensus
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import faiss
 import numpy as np
 
-from clipbert.embeddings import Gallery
+from clipbert.retrieval.embeddings import Gallery
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``prepare_task`` reads the annotations against the frame store, ``plan_resources`` sizes the workers and the data
 stage against the cluster (or a sweep trial's share of it), ``build_trainer`` wires a Ray Data dataset of annotation
 rows -> ``batches.make_batch`` (fresh sparse clips every epoch) into a ``TorchTrainer`` running
-``train_loop.train_loop_per_worker``, and ``fit_and_export`` fits it, exports the checkpoint chosen on validation
+``loop.train_loop_per_worker``, and ``fit_and_export`` fits it, exports the checkpoint chosen on validation
 and evaluates it once on the held-out test split.
 """
 
@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from clipbert import storage
-from clipbert.batches import make_batch
-from clipbert.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
+from clipbert.data.batches import make_batch
+from clipbert.model.checkpoint import CONFIG_NAME, RERANK_NAME, WEIGHTS_NAME, load_checkpoint
 from clipbert.config import Config, config_to_dict
-from clipbert.data import LoadReport, Row, build_ans2label, load_annotations, load_ans2label
-from clipbert.evaluation import evaluate
-from clipbert.preflight import check_inputs, one_line
-from clipbert.pretraining import make_pretrain_batch
-from clipbert.train_loop import train_loop_per_worker
+from clipbert.data.annotations import LoadReport, Row, build_ans2label, load_annotations, load_ans2label
+from clipbert.training.evaluation import evaluate
+from clipbert.training.preflight import check_inputs, one_line
+from clipbert.training.pretraining import make_pretrain_batch
+from clipbert.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class TaskData:
 
 # ------------------------------------------------------------------------------------------------ driver
 def prepare_task(cfg: Config) -> TaskData:
-    """Check every input path (clipbert.preflight), then read train/val annotations, keeping rows whose video is in
+    """Check every input path (clipbert.training.preflight), then read train/val annotations, keeping rows whose video is in
     the frame store (others are reported).
 
     Raises:
@@ -93,9 +93,9 @@ def prepare_task(cfg: Config) -> TaskData:
 
 
 def _pretrain_task(cfg: Config, known: set[str]) -> TaskData:
-    """Caption rows of image-text pretraining: training captions grouped per image (clipbert.pretraining), held-out
+    """Caption rows of image-text pretraining: training captions grouped per image (clipbert.training.pretraining), held-out
     captions one per row."""
-    from clipbert.pretraining import group_captions
+    from clipbert.training.pretraining import group_captions
 
     train, train_report = load_annotations(cfg.data.train_file, known_video_ids=known)
     val, val_report = load_annotations(cfg.data.val_file, known_video_ids=known)
@@ -360,8 +360,8 @@ def drop_corrupt_checkpoints(storage_path: str, name: str) -> list[str]:
     reason, moves it to STORAGE/NAME/corrupt_checkpoints/ and removes it from the snapshot, so the previous good
     one is restored. Returns the dropped checkpoint directory names (none for a new run).
     """
-    from clipbert.checkpoint import checkpoint_problem
-    from clipbert.train_loop import STATE_NAME
+    from clipbert.model.checkpoint import checkpoint_problem
+    from clipbert.training.loop import STATE_NAME
 
     run = storage.join(storage_path, name)
     try:
