@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import faiss
@@ -93,7 +94,7 @@ def test_build_load_round_trip(video_index, emb, videos):
     assert loaded.video_ids == sorted(videos)
     assert pq.read_table(video_index / IDS_FILE).equals(ve.load_embeddings(emb, "video")[1])
     info = loaded.info
-    assert info["provenance"] == {"checkpoint": "ck", "N": 4} and info["factory"] == "Flat" and info["factory_auto"]
+    assert info["provenance"] == {"checkpoint": os.path.abspath("ck"), "N": 4} and info["factory"] == "Flat" and info["factory_auto"]
     assert (info["vectors"], info["videos"], info["dim"], info["granularity"]) == (40, 40, DIM, "video")
     assert info["recall_at_10"] == 1.0 and info["memory_estimate_bytes"] == 4 * DIM * 40
     assert math.isclose(info["logit_scale"], 1 / 0.07) and info["build_seconds"] > 0

@@ -43,3 +43,24 @@ def test_missing_directory_and_file_are_named(tmp_path):
         VideoIndex.load(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / INFO_FILE)):
         VideoIndex.load(tmp_path)
+
+
+def test_index_json_names_local_files_relative_to_the_index_and_moves_with_them(tmp_path):
+    """Local paths are written relative to the index directory and read back as paths, so a tree holding the index
+    and what it was built from can move; URIs stay as they are."""
+    import json
+    import shutil
+
+    tree = tmp_path / "tree"
+    emb = standard_emb(tree / "emb")
+    provenance = {"checkpoint": str(tree / "runs" / "best"), "frame_store": "s3://bucket/frames", "n_clips": 2}
+    VideoIndex.build(emb, tree / "index", granularity="video", memory_budget="1G", provenance=provenance)
+    on_disk = json.loads((tree / "index" / INFO_FILE).read_text())
+    assert on_disk["embeddings"] == "../emb" and on_disk["provenance"]["checkpoint"] == "../runs/best"
+    assert on_disk["provenance"]["frame_store"] == "s3://bucket/frames" and on_disk["provenance"]["n_clips"] == 2
+    moved = tmp_path / "moved"
+    shutil.move(tree, moved)
+    info = VideoIndex.load(moved / "index").info
+    assert info["embeddings"] == str(moved / "emb")
+    assert info["provenance"]["checkpoint"] == str(moved / "runs" / "best")
+    assert info["provenance"]["frame_store"] == "s3://bucket/frames"

@@ -2,6 +2,8 @@
 
 Each file is written atomically (a temporary file renamed over the name), ``index.json`` last: its presence
 marks a complete index. Reading names the file at fault when one is missing, unreadable or disagrees.
+``index.json`` names the local files it was built from (embeddings, checkpoint, frame store) relative to the index
+directory, so that a tree holding them moves as a whole; reading gives them back as paths (URIs stay as they are).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 INDEX_FILE, IDS_FILE, INFO_FILE = "index.faiss", "ids.parquet", "index.json"
+PATH_FIELDS = (("embeddings",), ("provenance", "embeddings"), ("provenance", "checkpoint"),
+               ("provenance", "frame_store"))  # the paths in index.json, stored relative to the index directory
 
 
 def save_index(out_dir: str | Path, index: faiss.Index, ids: pa.Table, info: dict[str, Any]) -> None:
@@ -25,7 +29,8 @@ def save_index(out_dir: str | Path, index: faiss.Index, ids: pa.Table, info: dic
     (out_dir / INFO_FILE).unlink(missing_ok=True)  # the directory reads as incomplete until the new one lands
     _atomic_write(out_dir / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
     _atomic_write(out_dir / IDS_FILE, lambda tmp: pq.write_table(ids, tmp))
-    _atomic_write(out_dir / INFO_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    on_disk = _map_paths(info, lambda path: _relative(path, out_dir.resolve()))
+    _atomic_write(out_dir / INFO_FILE, lambda tmp: tmp.write_text(json.dumps(on_disk, indent=2)))
 
 
 def read_index_dir(index_dir: str | Path) -> tuple[faiss.Index, pa.Table, dict[str, Any]]:
@@ -40,13 +45,35 @@ def read_index_dir(index_dir: str | Path) -> tuple[faiss.Index, pa.Table, dict[s
     for name in (INFO_FILE, IDS_FILE, INDEX_FILE):
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir / name} is missing (an incomplete or foreign index directory)")
-    info = _read_json(index_dir / INFO_FILE)
+    info = _map_paths(_read_json(index_dir / INFO_FILE), lambda path: _absolute(path, index_dir.resolve()))
     ids = _read_ids(index_dir / IDS_FILE)
     index = _read_faiss(index_dir / INDEX_FILE)
     if ids.num_rows != index.ntotal:
         raise ValueError(f"{index_dir}: {IDS_FILE} has {ids.num_rows:,} rows but {INDEX_FILE} holds "
                          f"{index.ntotal:,} vectors")
     return index, ids, info
+
+
+def _map_paths(info: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of an index.json record with `fn` applied to each of its PATH_FIELDS that is present."""
+    out = {**info}
+    if isinstance(info.get("provenance"), dict):
+        out["provenance"] = dict(info["provenance"])
+    for *parents, key in PATH_FIELDS:
+        holder = out.get(parents[0], {}) if parents else out
+        if isinstance(holder, dict) and isinstance(holder.get(key), str):
+            holder[key] = fn(holder[key])
+    return out
+
+
+def _relative(path: str, base: Path) -> str:
+    """`path` relative to the directory `base`; a URI as it is."""
+    return path if "://" in path else os.path.relpath(os.path.abspath(path), base)
+
+
+def _absolute(path: str, base: Path) -> str:
+    """A path that index.json holds relative to the directory `base`, as a path; an absolute path or a URI as it is."""
+    return path if "://" in path or os.path.isabs(path) else os.path.normpath(base / path)
 
 
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
