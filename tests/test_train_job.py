@@ -38,16 +38,19 @@ def test_unknown_config_key_names_the_nearest_key(tiny_corpus, tmp_path, capsys)
 
 
 
-def test_a_missing_init_checkpoint_exits_2_in_one_line_before_ray_starts(tiny_corpus, tmp_path, capsys):
-    import ray
+def test_a_missing_init_checkpoint_exits_2_in_one_line_before_ray_starts(tiny_corpus, tmp_path, capsys,
+                                                                         monkeypatch):
+    from clipbert import ray_init
 
+    started = []
+    monkeypatch.setattr(ray_init, "init_ray", lambda *args, **kwargs: started.append(args))
     gone = tmp_path / "clipbert_image_text_pretrained.pt"
     start = time.monotonic()
     code = job.main(_args(tiny_corpus, tmp_path / "runs", "--set", f"model.init_checkpoint={gone}"))
     assert code == 2 and time.monotonic() - start < 20  # the workers are never started
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and errors[0].endswith(f"model.init_checkpoint: no such file or directory: '{gone}'")
-    assert not ray.is_initialized() and not (tmp_path / "runs" / "synthetic_tiny").exists()
+    assert not started and not (tmp_path / "runs" / "synthetic_tiny").exists()  # Ray was never started or joined
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -81,16 +84,22 @@ def test_spread_run_survives_a_killed_worker_then_resumes(ray_two_nodes, tiny_co
     args = _args(tiny_corpus, tmp_path, "--address", ray_two_nodes.address, "--name", "spread",
                  "--set", "train.placement_strategy=SPREAD", "--set", "train.max_failures=1",
                  "--set", "train.keep_checkpoints=10")
+    def train_workers() -> dict[str, str]:
+        """actor id -> node id of every Ray Train worker the cluster has had"""
+        actors = list_actors(address=ray_two_nodes.address, filters=[("class_name", "=", "RayTrainWorker")])
+        return {a.actor_id: a.node_id for a in actors}
+
+    before = train_workers()  # the session's cluster ran other training before
     monkeypatch.setenv(FAULT_ENV, "4")
     assert job.main(args) == 0
     run_dir = tmp_path / "spread"
     final = json.loads((run_dir / "final_metrics.json").read_text())
     _check_final_metrics(final, run_dir, tiny_corpus)
     assert (final["last"]["step"], final["last"]["resumed_from_step"]) == (5, 2)
-    workers = list_actors(address=ray_two_nodes.address, filters=[("class_name", "=", "RayTrainWorker")])
+    workers = [node for actor, node in train_workers().items() if actor not in before]
     nodes = {n.node_id for n in [ray_two_nodes.head_node, *ray_two_nodes.worker_nodes]}
     assert len(workers) == 4  # two attempts of two workers
-    assert sorted(sum(w.node_id == n for w in workers) for n in nodes) == [2, 2]
+    assert sorted(workers.count(n) for n in nodes) == [2, 2]
 
     monkeypatch.delenv(FAULT_ENV)
     first_run = set(run_dir.glob("checkpoint_*"))
