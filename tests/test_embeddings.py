@@ -16,14 +16,12 @@ from index_data import DIM, normalise, standard_emb, standard_videos, write_emb
 from clipbert.retrieval import embeddings as ve
 
 
-@pytest.fixture(scope="module")
-def videos() -> dict[str, np.ndarray]:
-    return standard_videos()
+VIDEOS = standard_videos()  # video id -> its clip embeddings (n_clips, DIM)
 
 
 @pytest.fixture(scope="module")
 def emb(tmp_path_factory) -> Path:
-    """40 ok videos and one failed row in 3 shards."""
+    """The VIDEOS and one failed row ("broken") in 3 shards."""
     return standard_emb(tmp_path_factory.mktemp("emb"))
 
 
@@ -55,14 +53,14 @@ def test_a_directory_without_header_is_named(tmp_path):
         ve.read_header(tmp_path)
 
 
-def test_rows_round_trip_through_the_shards(emb, videos):
+def test_rows_round_trip_through_the_shards(emb):
     rows = {r["video_id"]: r for r in ve.read_rows(emb).to_pylist()}
-    assert sorted(rows) == sorted([*videos, "broken"]) and ve.read_rows(emb).schema == ve.EMBED_SCHEMA
+    assert sorted(rows) == sorted([*VIDEOS, "broken"]) and ve.read_rows(emb).schema == ve.EMBED_SCHEMA
     assert [p.name for p in ve.shard_paths(emb)] == ["part-000.parquet", "part-001.parquet", "part-002.parquet"]
     ok, failed = rows["vid0007"], rows["broken"]
-    assert (ok["status"], ok["error"], ok["n_clips"]) == ("ok", "", len(videos["vid0007"]))
-    np.testing.assert_allclose(ok["clip_embeddings"], videos["vid0007"], atol=1e-6)
-    np.testing.assert_allclose(ok["video_embedding"], normalise(videos["vid0007"].mean(0)), atol=1e-6)
+    assert (ok["status"], ok["error"], ok["n_clips"]) == ("ok", "", len(VIDEOS["vid0007"]))
+    np.testing.assert_allclose(ok["clip_embeddings"], VIDEOS["vid0007"], atol=1e-6)
+    np.testing.assert_allclose(ok["video_embedding"], normalise(VIDEOS["vid0007"].mean(0)), atol=1e-6)
     assert (failed["status"], failed["error"], failed["n_clips"]) == ("failed", "decode error", 0)
     assert ve.read_rows(emb, ["video_id", "status"]).column_names == ["video_id", "status"]
 
@@ -84,37 +82,37 @@ def test_only_finished_shards_count_sorted_by_name(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ gallery
-def test_gallery_indexes_ok_rows_and_reads_vectors_on_demand(emb, videos):
+def test_gallery_indexes_ok_rows_and_reads_vectors_on_demand(emb):
     gallery = ve.open_gallery(emb, "video")
-    names = sorted(videos)
+    names = sorted(VIDEOS)
     assert (gallery.size, gallery.dim, gallery.granularity, gallery.emb_dir) == (40, DIM, "video", emb)
     assert gallery.ids()["video_id"].to_pylist() == names and set(gallery.ids()["clip"].to_pylist()) == {-1}
     positions = np.concatenate([gallery.shard_positions(s) for s in range(len(gallery.shards))])
     assert sorted(positions.tolist()) == list(range(40))  # every row in exactly one shard
     picked = np.array([39, 0, 17, 5])  # across shards, in no order
-    expected = np.stack([normalise(videos[names[i]].mean(0)) for i in picked])
+    expected = np.stack([normalise(VIDEOS[names[i]].mean(0)) for i in picked])
     np.testing.assert_allclose(gallery.vectors(picked), expected, atol=1e-6)
 
 
-def test_clip_gallery_has_one_row_per_clip(emb, videos):
+def test_clip_gallery_has_one_row_per_clip(emb):
     gallery = ve.open_gallery(emb, "clips", video_ids=["vid0002", "vid0001"])
-    clips = [len(videos["vid0001"]), len(videos["vid0002"])]
+    clips = [len(VIDEOS["vid0001"]), len(VIDEOS["vid0002"])]
     assert gallery.size == sum(clips)
     assert gallery.ids()["clip"].to_pylist() == [*range(clips[0]), *range(clips[1])]
-    np.testing.assert_allclose(gallery.vectors(), np.concatenate([videos["vid0001"], videos["vid0002"]]), atol=1e-6)
+    np.testing.assert_allclose(gallery.vectors(), np.concatenate([VIDEOS["vid0001"], VIDEOS["vid0002"]]), atol=1e-6)
 
 
-def test_load_embeddings_video_and_clips(emb, videos):
+def test_load_embeddings_video_and_clips(emb):
     vectors, ids = ve.load_embeddings(emb, "video")
-    names = sorted(videos)
+    names = sorted(VIDEOS)
     assert ids.column_names == ["video_id", "clip"] and ids["video_id"].to_pylist() == names  # "broken" skipped
     assert set(ids["clip"].to_pylist()) == {-1} and vectors.shape == (40, DIM) and vectors.dtype == np.float32
-    np.testing.assert_allclose(vectors[3], normalise(videos[names[3]].mean(0)), atol=1e-6)
+    np.testing.assert_allclose(vectors[3], normalise(VIDEOS[names[3]].mean(0)), atol=1e-6)
 
     clip_vectors, clip_ids = ve.load_embeddings(emb, "clips")
-    expected = [(v, c) for v in names for c in range(len(videos[v]))]
+    expected = [(v, c) for v in names for c in range(len(VIDEOS[v]))]
     assert list(zip(clip_ids["video_id"].to_pylist(), clip_ids["clip"].to_pylist())) == expected
-    np.testing.assert_allclose(clip_vectors, np.concatenate([videos[v] for v in names]), atol=1e-6)
+    np.testing.assert_allclose(clip_vectors, np.concatenate([VIDEOS[v] for v in names]), atol=1e-6)
 
 
 def test_load_embeddings_restriction_warns(emb, caplog):
@@ -124,7 +122,7 @@ def test_load_embeddings_restriction_warns(emb, caplog):
     assert "2 of the 4 requested video ids" in caplog.text
 
 
-def test_load_embeddings_errors_name_the_directory(tmp_path, videos):
+def test_load_embeddings_errors_name_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         ve.load_embeddings(tmp_path, "video")
     failed_only = write_emb(tmp_path / "failed", {}, failed=("a", "b"), shards=1)
