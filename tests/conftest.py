@@ -102,6 +102,17 @@ def tiny_index(cfg: Config, checkpoint: str, videos: list[str], out: Path, n_cli
     return out / "index"
 
 
+def first_captions(corpus: TinyCorpus, videos: list[str]) -> list[str]:
+    """The first training caption of each of `videos` (retrieval_train.jsonl of the tiny corpus)."""
+    import json
+
+    first: dict[str, str] = {}
+    for line in (corpus.root / "txt" / "retrieval_train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        first.setdefault(row["clip_name"], row["caption"])
+    return [first[v] for v in videos]
+
+
 def corrupt_frames(store: Path, video_id: str) -> None:
     """Overwrite every stored frame of `video_id` in a frame store (one shard) with bytes that are not a JPEG."""
     import lmdb

@@ -14,7 +14,6 @@ from clipbert.config import (
     load_config,
     parse_override,
 )
-from clipbert.config_renames import translate_renamed_keys
 
 PAPER_PRESETS = ["msrvtt_ret", "didemo_ret", "anet_ret", "msrvtt_qa", "msrvtt_mc", "tgif_action",
                  "tgif_transition", "tgif_frameqa"]
@@ -85,37 +84,6 @@ def test_overrides_parse_types():
 def test_unknown_key_names_nearest(key, nearest):
     with pytest.raises(ValueError, match=rf"unknown config key '{key}'.*'{nearest}'"):
         load_config("tiny_ret", [f"{key}=1"])
-
-
-RENAMES = [("sampling.num_frames", "sampling.frames_per_clip"), ("sampling.fps", "sampling.clip_fps"),
-           ("sampling.dense_num_frames", "sampling.dense_frames")]
-
-
-@pytest.mark.parametrize("old, new", RENAMES)
-def test_renamed_key_override_names_the_new_key(old, new):
-    with pytest.raises(ValueError, match=rf"^{old} was renamed to {new}$"):
-        load_config("tiny_ret", [f"{old}=2"])
-
-
-@pytest.mark.parametrize("old, new", RENAMES)
-def test_renamed_key_in_yaml_names_the_new_key(tmp_path, old, new):
-    section, name = old.split(".")
-    path = tmp_path / "old.yaml"
-    path.write_text(f"base: tiny_ret\n{section}: {{{name}: 2}}\n")
-    with pytest.raises(ValueError, match=rf"^{old} was renamed to {new}$"):
-        load_config(str(path))
-
-
-def test_saved_config_with_renamed_keys_translates():
-    c = load_config("tiny_ret", ["sampling.clip_fps=3", "sampling.frames_per_clip=4", "sampling.dense_frames=9"])
-    saved = config_to_dict(c)
-    sampling = saved["sampling"]
-    for old, new in RENAMES:
-        sampling[old.split(".")[1]] = sampling.pop(new.split(".")[1])
-    with pytest.raises(ValueError, match="was renamed"):
-        config_from_dict(saved)
-    assert config_from_dict(translate_renamed_keys(saved)) == c
-    assert "num_frames" in saved["sampling"]  # the input is left as it was
 
 
 def test_bad_values_rejected():

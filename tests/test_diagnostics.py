@@ -1,4 +1,4 @@
-"""Tests of clipbert.training.diagnostics and clipbert.training.probes: the checkpoint a run chose, its test figures, training-set fit,
+"""Tests of clipbert.training.diagnostics: the checkpoint a run chose, its test figures, training-set fit,
 one-attribute grounding and CNN probe, the corpus figures behind them, and records filled only from their own run."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import pytest
 import torch
 from conftest import tiny_checkpoint
 
-from clipbert.training import diagnostics, probes
+from clipbert.training import diagnostics
 from clipbert.data.annotations import retrieval_eval_lists
-from clipbert.synthetic.corpus import load_corpus
 from clipbert.synthetic.vocabulary import ATTRIBUTES
 from clipbert.training.run import prepare_task
 
@@ -136,59 +135,3 @@ def test_attribute_only_r1_counts_the_ties_that_the_blind_attributes_leave(tmp_p
     assert all(n % 2 == 0 for n in pairs.values())  # each pair of videos counts once as either's wrong video
     ties = sum(colours.count(c) - 1 for c in colours)  # ordered pairs of test videos with the same two colours
     assert pairs["shape"] + pairs["direction"] <= ties
-
-
-class _ConstantModel:
-    """A stand-in pretrained model whose masked-word logits favour one token id wherever it is asked."""
-
-    def __init__(self, favoured: int, vocab: int):
-        self.logits = torch.zeros(1, vocab)
-        self.logits[0, favoured] = 1.0
-
-    def eval(self):
-        return self
-
-    def encode_grid(self, frames):
-        return torch.zeros(1, 1, 3, 3, 4)
-
-    def pretrain_logits(self, grid, ids, mask, picked):
-        assert int(picked.sum()) == 1 and int(ids[picked]) != 0  # one masked position, not padding
-        return self.logits, None
-
-
-def test_word_grounding_masks_each_attribute_word_and_predicts_among_that_attributes_words(tiny_stills,
-                                                                                           monkeypatch):
-    from clipbert.synthetic.vocabulary import tokenize_words
-    from clipbert.data.text import cached_tokenizer
-
-    tok = cached_tokenizer(str(tiny_stills / "tokenizer"))
-    square = tok.convert_tokens_to_ids("square")
-    monkeypatch.setattr(probes, "load_checkpoint", lambda path: (_ConstantModel(square, len(tok)), None))
-    accuracy = probes.word_grounding(tiny_stills / "unused", tiny_stills)
-    captions = [json.loads(line)["caption"] for line in (tiny_stills / "txt" / "pretrain_val.jsonl").open()]
-    said = {a: [w for c in captions for w in tokenize_words(c) if w in values] for a, values in ATTRIBUTES.items()}
-    # "square" wins among the shapes; colours and directions get equal logits, so the first word of each wins
-    expected = {"color": said["color"].count(ATTRIBUTES["color"][0]), "shape": said["shape"].count("square"),
-                "direction": said["direction"].count(ATTRIBUTES["direction"][0])}
-    assert accuracy == pytest.approx({a: 100.0 * n / len(said[a]) for a, n in expected.items()})
-
-
-def test_event_clips_carry_their_events_and_the_probe_reads_the_grid(tiny_corpus, monkeypatch):
-    from clipbert.model.checkpoint import build_model
-
-    cfg = tiny_corpus.config("synthetic_tiny")
-    clips, labels = probes.event_clips(cfg, "test")
-    videos = [v for v in load_corpus(tiny_corpus.root).videos if v.split == "test"]
-    assert clips.shape == (2 * len(videos), 1, 2, 3, cfg.model.img_size, cfg.model.img_size)
-    assert labels == [e.key() for v in videos for e in v.events]  # event 1 then event 2 of each video
-    torch.manual_seed(0)
-    model, _ = build_model(cfg.model)
-    train = probes.event_clips(cfg, "train")
-    probe = probes.linear_probe(model, train, (clips, labels))
-    assert set(probe) == {"color", "shape", "direction"} and all(0 <= v <= 100 for v in probe.values())
-    # a grid that carries nothing but a constant tells no attribute apart beyond the majority guess
-    monkeypatch.setattr(model, "encode_grid", lambda x: torch.ones(len(x), 1, 3, 3, 8))
-    blind = probes.linear_probe(model, train, (clips, labels))
-    majority = {a: 100 * max(sum(lab[k] == v for lab in labels) for v in set(lab[k] for lab in labels)) / len(labels)
-                for k, a in enumerate(("color", "shape", "direction"))}
-    assert all(blind[a] <= majority[a] + 1e-6 for a in blind)

@@ -1,4 +1,4 @@
-"""Tests of the video index: reading embeddings, clip aggregation, build/load/search at both granularities."""
+"""Tests of the video index: clip aggregation, build/load/search at both granularities."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from index_data import DIM, build_video_index, normalise, standard_emb, standard_videos, write_emb
+from index_data import DIM, build_video_index, normalise, standard_emb, standard_videos
 
 from clipbert.retrieval import embeddings as ve
 from clipbert.retrieval import index as vi
@@ -55,36 +55,6 @@ def test_aggregate_lse_is_stable_and_bounded():
     sims = np.array([[0.9, 0.9, 0.9]])
     got = vi.aggregate_clip_scores(sims, np.array([0, 0, 0]), "lse", scale=1000.0)
     np.testing.assert_allclose(got, [[0.9 + math.log(3) / 1000]], rtol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-def test_load_embeddings_video_and_clips(emb, videos):
-    vectors, ids = ve.load_embeddings(emb, "video")
-    names = sorted(videos)
-    assert ids.column_names == ["video_id", "clip"] and ids["video_id"].to_pylist() == names  # "broken" skipped
-    assert set(ids["clip"].to_pylist()) == {-1} and vectors.shape == (40, DIM) and vectors.dtype == np.float32
-    np.testing.assert_allclose(vectors[3], normalise(videos[names[3]].mean(0)), atol=1e-6)
-
-    clip_vectors, clip_ids = ve.load_embeddings(emb, "clips")
-    expected = [(v, c) for v in names for c in range(len(videos[v]))]
-    assert list(zip(clip_ids["video_id"].to_pylist(), clip_ids["clip"].to_pylist())) == expected
-    np.testing.assert_allclose(clip_vectors, np.concatenate([videos[v] for v in names]), atol=1e-6)
-
-
-def test_load_embeddings_restriction_warns(emb, caplog):
-    with caplog.at_level(logging.WARNING, logger="clipbert.retrieval.embeddings"):
-        _, ids = ve.load_embeddings(emb, "clips", video_ids=["vid0003", "vid0001", "broken", "nope"])
-    assert sorted(set(ids["video_id"].to_pylist())) == ["vid0001", "vid0003"]
-    assert "2 of the 4 requested video ids" in caplog.text
-
-
-def test_load_embeddings_errors_name_the_directory(tmp_path, videos):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        ve.load_embeddings(tmp_path, "video")
-    failed_only = write_emb(tmp_path / "failed", {}, failed=("a", "b"), shards=1)
-    with pytest.raises(ValueError, match=f"no ok embeddings in {failed_only}"):
-        ve.load_embeddings(failed_only, "video")
 
 
 # ----------------------------------------------------------------------------------- build and search

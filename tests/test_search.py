@@ -1,4 +1,4 @@
-"""Tests for two-stage search (clipbert/retrieval/search.py, search_eval.py, jobs/search.py, jobs/build_index.py)."""
+"""Tests for two-stage search (clipbert/retrieval/search.py, jobs/search.py, jobs/build_index.py)."""
 
 import dataclasses
 import json
@@ -7,13 +7,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_checkpoint, tiny_index
+from conftest import first_captions, tiny_checkpoint, tiny_index
 
 from clipbert.model.checkpoint import build_model, checkpoint_hash, save_checkpoint
 from clipbert.training.evaluation import retrieval_scores
 from clipbert.retrieval.index import VideoIndex
 from clipbert.retrieval.search import Searcher
-from clipbert.retrieval.search_eval import ROW_KEYS, evaluate_search
 
 CPU = torch.device("cpu")
 N_CLIPS = 3
@@ -30,17 +29,9 @@ def built(tiny_corpus, tmp_path_factory):
     return Searcher(tmp / "index"), cfg, ckpt, videos, tmp
 
 
-def _captions(tiny_corpus, videos):
-    rows = [json.loads(line) for line in (tiny_corpus.root / "txt" / "retrieval_train.jsonl").read_text().splitlines()]
-    first = {}
-    for r in rows:
-        first.setdefault(r["clip_name"], r["caption"])
-    return [first[v] for v in videos[:5]]
-
-
 def test_rerank_over_the_whole_gallery_equals_all_pairs(built, tiny_corpus):
     searcher, cfg, _, videos, _ = built
-    captions = _captions(tiny_corpus, videos)
+    captions = first_captions(tiny_corpus, videos[:5])
     hits = searcher.search(captions, k=len(videos), rerank=len(videos))
     scores, _ = retrieval_scores(searcher.model, searcher.cfg, videos, captions, CPU, n_clips=N_CLIPS)
     for q, row in enumerate(hits):
@@ -53,7 +44,7 @@ def test_rerank_over_the_whole_gallery_equals_all_pairs(built, tiny_corpus):
 
 def test_dual_hits_below_the_rerank_depth(built, tiny_corpus):
     searcher, _, _, videos, _ = built
-    hits = searcher.search(_captions(tiny_corpus, videos)[:1], k=6, rerank=2)[0]
+    hits = searcher.search(first_captions(tiny_corpus, videos[:1]), k=6, rerank=2)[0]
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5, 6]
     assert all(h.rerank_score is not None for h in hits[:2]) and all(h.rerank_score is None for h in hits[2:])
     dual_tail = [h.dual_score for h in hits[2:]]
@@ -86,31 +77,13 @@ def test_another_checkpoint_is_named_with_both_hashes(built, caplog):
     assert checkpoint_hash(ckpt) in caplog.text and checkpoint_hash(other) in caplog.text
 
 
-def test_evaluation_rows_and_full_depth_equal_all_pairs(built, tiny_corpus, tmp_path):
-    searcher, _, _, videos, _ = built
-    ann = tmp_path / "ann.jsonl"
-    ann.write_text("".join(json.dumps({"clip_name": v, "caption": c}) + "\n"
-                           for v, c in zip(videos, _captions(tiny_corpus, videos))))
-    rows = evaluate_search(searcher, ann, depths=(2, 100))
-    assert [r["method"] for r in rows] == ["dual (video)", "dual (clips, max)", "dual (clips, mean)",
-                                           "dual (clips, lse)", "two-stage", "two-stage", "all-pairs cross-encoder",
-                                           "all-pairs re-rank score"]
-    assert all(set(r) == set(ROW_KEYS) for r in rows)
-    two, full, margin, everything = rows[4], rows[5], rows[6], rows[7]
-    assert (two["rerank"], two["cross_passes"]) == (2, 5 * 2)
-    assert (full["rerank"], everything["cross_passes"]) == (len(videos), 5 * len(videos))
-    for key in ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr"):
-        assert full[key] == everything[key]
-        assert margin[key] == everything[key]  # no rerank.json: the re-rank score is the ITM margin alone
-
-
 def test_the_rerank_score_adds_the_weighted_dual_score(built, tiny_corpus, tmp_path):
     searcher, cfg, _, videos, tmp = built
     ckpt = tiny_checkpoint(cfg, tmp_path / "ckpt", seed=0)  # the index's weights, now with a chosen weight
     (tmp_path / "ckpt" / "rerank.json").write_text(json.dumps({"fuse_weight": 4.0}))
     fused = Searcher(tmp / "index", checkpoint=ckpt)
     assert (searcher.fuse_weight, fused.fuse_weight) == (0.0, 4.0)
-    query = _captions(tiny_corpus, videos)[:1]
+    query = first_captions(tiny_corpus, videos[:1])
     plain, mixed = searcher.search(query, k=4, rerank=4)[0], fused.search(query, k=4, rerank=4)[0]
     by_id = {h.video_id: h for h in plain}
     for h in mixed:
