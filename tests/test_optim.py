@@ -1,7 +1,7 @@
 """Tests for the optimiser: the original's AdamW parameter groups and the linear warmup / decay schedule."""
 
 import pytest
-from test_model import micro_cfg
+from test_model_clipbert import micro_cfg
 
 from clipbert.config import OptimConfig
 from clipbert.model.clipbert import ClipBert
