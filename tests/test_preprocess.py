@@ -15,7 +15,8 @@ from clipbert.data import frames as fs
 from clipbert.synthetic.encode import write_video
 from jobs import preprocess as job
 from pipelines.decode import resize_frame, stored_indices
-from pipelines.preprocess import list_videos, run_preprocess
+from pipelines.inputs import list_videos
+from pipelines.preprocess import run_preprocess
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

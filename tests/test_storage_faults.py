@@ -19,7 +19,8 @@ from drills import (
 )
 
 from clipbert.data import frames as fs
-from pipelines.preprocess import FrameStoreSink, decode_batch, list_videos
+from pipelines.inputs import list_videos
+from pipelines.preprocess import FrameStoreSink, decode_batch
 
 
 @pytest.fixture(scope="module")
