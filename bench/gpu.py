@@ -140,6 +140,7 @@ class Context:
     step: dict[str, Any] | None = None  # the fastest bf16 step: {"variant", "B", "step_s", "samples_per_s"}
     store: Path | None = None  # synthetic corpus root: frames/, tokenizer/, txt/
     ray_started: bool = False
+    address: str | None = None  # a Ray cluster to join instead of starting a local Ray
 
     @property
     def cuda(self) -> bool:
@@ -502,13 +503,19 @@ def store_jpeg_bytes(root: Path) -> float:
 
 # ----------------------------------------------------------------------------------------------- Ray
 def ensure_ray(ctx: Context) -> None:
-    """A local Ray on this machine's CPUs (2 with --smoke) and GPUs, its State API pinned to its own dashboard."""
+    """The cluster at --address, else a local Ray on this machine's CPUs (2 with --smoke) and GPUs, its State API
+    pinned to its own dashboard."""
     if ctx.ray_started:
         return
     import ray
 
+    from clipbert.ray_init import init_ray
+
     start = time.perf_counter()
-    start_local_ray(2 if ctx.smoke else None)
+    if ctx.address:
+        init_ray(ctx.address, progress_bars=False)
+    else:
+        start_local_ray(2 if ctx.smoke else None)
     ctx.ray_started = True
     print(f"ray.init in {time.perf_counter() - start:.1f} s: {ray.cluster_resources()}", flush=True)
 
@@ -827,6 +834,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default="bench_results", help="directory for gpu.json")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, removed)")
+    p.add_argument("--address", default=None, help="a Ray cluster to join (default: start a local Ray)")
     return p.parse_args(argv)
 
 
@@ -846,7 +854,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"budget {args.minutes:g} min", flush=True)
     start = time.perf_counter()
     with scratch(args.workdir) as workdir:
-        ctx = Context(device, sizes, workdir, args.smoke, cfg)
+        ctx = Context(device, sizes, workdir, args.smoke, cfg, address=args.address)
         try:
             parts = run_all(ctx, args.minutes, args.output, header)
         finally:

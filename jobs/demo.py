@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--videos", type=int, default=400, help="videos in the synthetic corpus")
     p.add_argument("--val-videos", type=int, default=50, help="of which validation (picks the checkpoint)")
     p.add_argument("--test-videos", type=int, default=100, help="of which test (the index's gallery)")
+    p.add_argument("--max-duration", type=float, default=8.0, help="longest video, seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stills", type=int, default=6400, help="captioned stills the CNN pretrains on")
     p.add_argument("--pretrain-minutes", type=float, default=1.5, help="CNN pretraining wall time")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = Steps()
     steps.run("synthesize videos", (corpus / "corpus.json").exists(), lambda: synthesize_corpus(
         corpus, n_videos=args.videos, seed=args.seed, val_videos=args.val_videos, test_videos=args.test_videos,
-        max_duration=8.0, sizes=[(160, 120), (120, 160), (160, 160)], workers=2, overwrite=True))
+        max_duration=args.max_duration, sizes=[(160, 120), (120, 160), (160, 160)], workers=2, overwrite=True))
     steps.run("synthesize captioned stills", (stills / "images.json").exists(), lambda: synthesize_images(
         stills, n_images=args.stills, val_images=min(100, args.stills // 4), seed=args.seed + 1000, overwrite=True))
     keep_idle_workers()  # data workers survive between epochs of the local Ray started below

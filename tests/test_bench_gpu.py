@@ -28,13 +28,13 @@ gpu = load_bench("gpu")
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> dict:
-    """gpu.json of one `bench/gpu.py --smoke` run in a subprocess, with a budget no busy machine exhausts (so that no
-    row is skipped for lack of time)."""
+def smoke(shared_ray, tmp_path_factory) -> dict:
+    """gpu.json of one `bench/gpu.py --smoke` run in a subprocess joining the session's local Ray, with a budget no
+    busy machine exhausts (so that no row is skipped for lack of time)."""
     out = tmp_path_factory.mktemp("gpu_smoke")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--minutes", "30", "--output", str(out)], cwd=REPO,
-                   env=env, check=True, timeout=1800)
+    subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--minutes", "30", "--output", str(out),
+                    "--address", shared_ray.local().address], cwd=REPO, env=env, check=True, timeout=1800)
     return json.loads((out / "gpu.json").read_text())
 
 

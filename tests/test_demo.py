@@ -32,7 +32,7 @@ def test_the_tour_runs_every_step_on_a_tiny_corpus_and_a_rerun_skips_what_exists
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "jobs" / "demo.py"), "--workdir", str(tmp_path / "demo"), "--videos", "24",
-           "--val-videos", "4", "--test-videos", "4", "--stills", "40", "--pretrain-minutes", "0.05",
+           "--val-videos", "4", "--test-videos", "4", "--max-duration", "3", "--stills", "40", "--pretrain-minutes", "0.05",
            "--epochs", "2", "--rerank", "2", "--address", ray_local.address]
     first = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
