@@ -9,10 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from clipbert.synthetic.world import Event
+from typing import Protocol
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -67,8 +64,14 @@ STILL_PAIR_TEMPLATES: tuple[str, ...] = (
 EDGES: tuple[str, ...] = ("top", "bottom", "left", "right")
 
 
-def caption(events: Sequence[Event], paraphrase: bool = False) -> str:
-    """Caption of a two-event video, events in their order of appearance."""
+class Keyed(Protocol):
+    """An event as captions see it (world.Event): its (colour, shape, direction)."""
+
+    def key(self) -> tuple[str, str, str]: ...
+
+
+def caption(events: Sequence[Keyed], paraphrase: bool = False) -> str:
+    """Caption of a two-event video, events (world.Event) in their order of appearance."""
     template = PARAPHRASE_TEMPLATE if paraphrase else CAPTION_TEMPLATE
     (c0, s0, d0), (c1, s1, d1) = events[0].key(), events[1].key()
     return template.format(c0=c0, s0=s0, d0=d0, c1=c1, s1=s1, d1=d1)
