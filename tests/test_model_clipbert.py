@@ -8,14 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from clipbert.config import ModelConfig, OptimConfig, load_config
-from clipbert.model.clipbert import (
-    ClipBert,
-    ClipBertOutput,
-    aggregate_clip_embeddings,
-    contrastive_loss,
-    itm_loss,
-    task_loss,
-)
+from clipbert.model.clipbert import ClipBert, ClipBertOutput, aggregate_clip_embeddings
+from clipbert.model.losses import contrastive_loss, itm_loss, task_loss
 from clipbert.model.optim import build_optimizer
 
 S = 64  # 64 px -> 2x2 grid with the micro ResNet below

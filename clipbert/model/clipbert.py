@@ -10,7 +10,7 @@ S = img_size (``clips.resize_and_pad``); texts (B, K, L) = K texts per video (re
 MC: one per option; QA: 1). The CNN runs once per clip frame for all B*N*T frames in one call; visual
 tokens are expanded (no copy) across the K texts and text embeddings across the N clips before one BERT
 pass over all B*K*N (text, clip) sequences. ``forward`` returns per-clip logits (B, K, N, C); consensus
-over N and the losses live in clipbert.model.losses (re-exported here).
+over N and the losses live in clipbert.model.losses.
 
 Beyond the original: contrastive projection heads (``encode_text``, ``encode_video``) for a FAISS first
 stage. A clip embedding is ``video_proj(mean of the clip's grid tokens)``, L2-normalised; a video embedding
@@ -31,18 +31,6 @@ from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
 
 from clipbert.config import ModelConfig
-from clipbert.model.losses import (  # noqa: F401  (re-exported: the model's public API)
-    consensus,
-    contrastive_loss,
-    itm_labels,
-    itm_loss,
-    itm_margins,
-    itm_scores,
-    mc_loss,
-    predict,
-    qa_loss,
-    task_loss,
-)
 
 logger = logging.getLogger(__name__)
 
