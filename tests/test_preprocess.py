@@ -15,7 +15,6 @@ from clipbert.data import frames as fs
 from clipbert.synthetic.encode import write_video
 from jobs import preprocess as job
 from pipelines.decode import resize_frame, stored_indices
-from pipelines.inputs import list_videos
 from pipelines.preprocess import run_preprocess
 
 pytestmark = pytest.mark.slow
@@ -135,13 +134,6 @@ def test_round_trip_matches_a_direct_decode(store, bad_inputs, video_id):
     assert _psnr(stored, direct) >= 35.0
 
 
-def test_duplicate_ids_are_an_error_before_any_work(tmp_path):
-    for ext in ("mp4", "webm"):
-        (tmp_path / f"clip.{ext}").write_bytes(b"x")
-    with pytest.raises(ValueError, match="duplicate video_id 'clip'.*clip.mp4 and .*clip.webm"):
-        list_videos(str(tmp_path))
-
-
 def test_list_file_with_a_missing_path_becomes_a_failed_row(ray_local, bad_inputs, tmp_path):
     listed = [bad_inputs[0] / "good.mp4", bad_inputs[0] / "gone.mp4"]
     list_file = tmp_path / "videos.txt"
@@ -150,12 +142,6 @@ def test_list_file_with_a_missing_path_becomes_a_failed_row(ray_local, bad_input
     rows = {r["video_id"]: r for r in fs.read_manifest(tmp_path / "out").to_pylist()}
     assert rows["good"]["status"] == "ok"
     assert rows["gone"]["status"] == "failed" and rows["gone"]["error"] == "file not found"
-
-
-def test_glob_input_and_ids_relative_to_its_root(bad_inputs):
-    listing = list_videos(str(bad_inputs[0]) + "/**/*.mp4")
-    assert "nested/good2" in [v.video_id for v in listing.inputs]
-    assert all(v.source.endswith(".mp4") for v in listing.inputs)
 
 
 def test_resume_with_other_options_is_refused(ray_local, store, bad_inputs):
