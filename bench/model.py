@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
 from clipbert.config import ModelConfig, OptimConfig, load_config  # noqa: E402
-from clipbert.model.clipbert import ClipBert, itm_loss  # noqa: E402
+from clipbert.model.clipbert import ClipBert  # noqa: E402
+from clipbert.model.losses import itm_loss  # noqa: E402
 from clipbert.model.optim import build_optimizer  # noqa: E402
 
 N_CLIPS, T, K = 8, 2, 2
