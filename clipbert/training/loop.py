@@ -29,8 +29,7 @@ from clipbert.model.scoring import autocast
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"  # optimiser / scaler state, step and epoch, next to the model weights
-FAULT_GRACE_S = 6.0  # the injected fault waits this long: Ray Train registers a checkpoint only once its controller
-# has polled every rank's report (every 2 s), so an earlier exit could lose the checkpoint just reported
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often Ray Train's controller polls its workers (2 s)
 LOOP_METRICS = ("step", "epoch", "eval_s", "train_samples_per_s", "data_wait_fraction", "resumed_from_step")
 # reported with the validation metrics at every evaluation
 
@@ -214,12 +213,20 @@ def _log(progress: _Progress, lrs: list[float], world: int, writer) -> None:
     progress.loss_sum, progress.loss_count, progress.log = 0.0, 0, _Window()
 
 
+def fault_grace_s() -> float:
+    """How long an injected fault waits before the process exits: three of the controller's polls (6 s by default).
+    Ray Train registers a checkpoint only once its controller has polled every rank's report, so an earlier exit
+    could lose the checkpoint just reported."""
+    return 3.0 * float(os.environ.get(TRAIN_POLL_ENV, "2.0"))
+
+
 def _maybe_inject_fault(fault_at_step: int | None, progress: _Progress, rank: int, world: int) -> None:
     """Fault injection for tests: the last rank exits abruptly at ``fault_at_step``, once per run (only in an
     attempt that did not start from a checkpoint, so the restored attempt goes past it)."""
     if fault_at_step and progress.step == fault_at_step and progress.resumed_from == 0 and rank == world - 1:
-        logger.error("fault injection: rank %d exits at step %d in %.0f s", rank, progress.step, FAULT_GRACE_S)
-        time.sleep(FAULT_GRACE_S)
+        grace_s = fault_grace_s()
+        logger.error("fault injection: rank %d exits at step %d in %.1f s", rank, progress.step, grace_s)
+        time.sleep(grace_s)
         os._exit(1)
 
 
