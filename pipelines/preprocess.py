@@ -207,17 +207,6 @@ def _check_options(root: str, options: StoreOptions) -> None:
                          "use a new --output or the same options to resume")
 
 
-def preprocess_in_process(videos: str, out: str | Path, options: StoreOptions) -> Path:
-    """The frame store of `videos` (as `run_preprocess` lists them) decoded and written in this process without
-    Ray, in one shard: the store a clean run of them writes, for tests and small tools; returns `out`."""
-    inputs = list_videos(videos).inputs
-    decoded = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
-                           options=dataclasses.asdict(options))
-    jpegs = decoded.pop("jpegs")
-    rows = [dict(zip(decoded, values)) for values in zip(*decoded.values())]
-    return fs.write_store(out, options, zip(rows, jpegs))
-
-
 def run_preprocess(
     videos: str | Sequence[str],
     output: str,

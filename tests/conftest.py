@@ -41,15 +41,26 @@ class TinyCorpus:
         return load_config(preset, [*base, *overrides])
 
 
-def build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Path:
-    """The frame store of every video under `videos`, written in-process (no Ray), one shard: what a clean run
-    stores. Every video must decode."""
-    from pipelines.preprocess import preprocess_in_process
+def decode_videos(videos: Path, options: fs.StoreOptions) -> dict[str, list]:
+    """The decode stage of preprocessing run in this process over every video under `videos`, as the pipeline lists
+    them: its columns (manifest fields and "jpegs")."""
+    from pipelines.inputs import list_videos
+    from pipelines.preprocess import decode_batch
 
-    preprocess_in_process(str(videos), out, options)
-    failed = [r["video_id"] for r in fs.read_manifest(out).to_pylist() if r["status"] != "ok"]
+    inputs = list_videos(str(videos)).inputs
+    return decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
+                        options=dataclasses.asdict(options))
+
+
+def build_frame_store(videos: Path, out: Path, options: fs.StoreOptions) -> Path:
+    """The frame store of every video under `videos`, decoded and written in-process (no Ray, clipbert's frame-store
+    writer), one shard: what a clean run stores. Every video must decode."""
+    decoded = decode_videos(videos, options)
+    jpegs = decoded.pop("jpegs")
+    rows = [dict(zip(decoded, values)) for values in zip(*decoded.values())]
+    failed = [r["video_id"] for r in rows if r["status"] != "ok"]
     assert not failed, failed
-    return out
+    return fs.write_store(out, options, zip(rows, jpegs))
 
 
 def load_bench(name: str):
@@ -213,7 +224,6 @@ class SharedRay:
 
     def two_nodes(self):
         """The two-node cluster (its `Cluster` object)."""
-        import ray
         from ray.cluster_utils import Cluster
 
         if self.kind != "two_nodes":
@@ -226,7 +236,6 @@ class SharedRay:
             self.cluster.add_node(num_cpus=1)
             self.cluster.wait_for_nodes()
             init_ray(self.cluster.address, progress_bars=False)
-            ray.data.DataContext.get_current().enable_progress_bars = False
             self.kind = "two_nodes"
         return self.cluster
 

@@ -9,6 +9,7 @@ import errno
 import json
 
 import pytest
+from conftest import decode_videos
 from drills import (
     STORE_OPTIONS,
     clean_store,
@@ -19,8 +20,7 @@ from drills import (
 )
 
 from clipbert.data import frames as fs
-from pipelines.inputs import list_videos
-from pipelines.preprocess import FrameStoreSink, decode_batch
+from pipelines.preprocess import FrameStoreSink
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,9 @@ class _Ctx:
 def _sink_write(videos, root, shard_prefix="r000"):
     """What one preprocessing write task does (decode every video of `videos`, store them in one shard), in this
     process."""
-    import dataclasses
-
     import pyarrow as pa
 
-    inputs = list_videos(str(videos)).inputs
-    rows = decode_batch({"video_id": [v.video_id for v in inputs], "source": [v.source for v in inputs]},
-                        options=dataclasses.asdict(STORE_OPTIONS))
+    rows = decode_videos(videos, STORE_OPTIONS)
     root.mkdir(exist_ok=True)
     fs.write_header(root, STORE_OPTIONS)
     return FrameStoreSink(str(root), shard_prefix).write([pa.Table.from_pydict(rows)], _Ctx())
